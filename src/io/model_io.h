@@ -13,11 +13,12 @@ ModelFile load_gguf_model(const std::string& path);
 void save_gguf_model(const ModelFile& m, const std::string& path);
 
 // safetensors (src/io/hf_model.cpp): `path` is a .safetensors file (config.json beside
-// it) or a folder with config.json and model.safetensors or model.safetensors.index.json.
+// it) or a folder with config.json and model.safetensors or model.safetensors.index.json;
+// quantkit_vocab.json carries the tokenizer of models quantkit wrote.
 // Hugging Face tensor names; Q/K in NeoX (half-split) rope layout.
 ModelFile load_safetensors_model(const std::string& path);
-// Writes a Hugging Face style folder: config.json, tokenizer vocabulary (quantkit's
-// vocab.json), model.safetensors, or shards + model.safetensors.index.json when the
+// Writes a Hugging Face style folder: config.json, tokenizer vocabulary
+// (quantkit_vocab.json), model.safetensors, or shards + model.safetensors.index.json when the
 // tensors exceed max_shard_bytes. Tensors are converted to `dtype` (F32/F16/BF16);
 // Q/K are permuted to the NeoX layout when m is in the Normal layout.
 void save_safetensors_model(const ModelFile& m, const std::string& dir, DType dtype,

@@ -1,0 +1,52 @@
+// Llama-family forward pass in FP32: embeddings, RMSNorm, RoPE (Normal or NeoX
+// pairing), grouped-query causal attention with a KV cache, SwiGLU FFN, tied or untied
+// head. forward() takes a batch of consecutive tokens (a whole window for evaluation,
+// one token for generation).
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "quantkit/linear.h"
+#include "quantkit/model_file.h"
+
+namespace quantkit {
+
+struct LlamaLayer {
+  std::vector<float> attn_norm, ffn_norm;
+  std::unique_ptr<Linear> wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+
+// Keys and values of every processed position, per layer: [max_seq, kv_dim].
+struct KVCache {
+  std::vector<std::vector<float>> k, v;
+  int capacity = 0;
+};
+
+class LlamaModel {
+ public:
+  // Builds the runtime from a loaded file; linear layers come from make_linear().
+  explicit LlamaModel(const ModelFile& file);
+
+  const LlamaConfig& config() const { return cfg_; }
+  KVCache make_cache(int capacity) const;
+
+  // Runs tokens[0..n) at positions pos..pos+n, appending to the cache, and writes the
+  // logits of every position to logits [n, vocab].
+  void forward(const int* tokens, int n, int pos, KVCache& cache, float* logits) const;
+
+  size_t weight_bytes() const;
+  std::vector<LlamaLayer>& layers() { return layers_; }
+
+ private:
+  void attention(const float* q, int n, int pos, const KVCache& cache, int layer, float* out) const;
+  void rope(float* x, int n, int pos, int n_heads) const;
+
+  LlamaConfig cfg_;
+  Tensor tok_embd_;
+  std::vector<float> out_norm_;
+  std::unique_ptr<Linear> head_;
+  std::vector<LlamaLayer> layers_;
+  std::vector<float> rope_cos_, rope_sin_;  // [max_seq, head_dim/2]
+};
+
+}  // namespace quantkit

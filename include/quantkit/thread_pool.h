@@ -1,0 +1,44 @@
+// A persistent pool of worker threads. parallel_for splits [0, n) into contiguous
+// chunks, one per thread, so the work a given index does never depends on how many
+// threads run (results are identical for any thread count).
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace quantkit {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int n_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_threads_; }
+  // Calls fn(begin, end) on disjoint chunks covering [0, n); returns when all are done.
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
+
+ private:
+  void worker(int id);
+
+  int n_threads_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable start_cv_, done_cv_;
+  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+  int64_t job_n_ = 0;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+};
+
+// The process-wide pool and thread count (`--threads`); also sets OpenBLAS's count.
+ThreadPool& global_pool();
+void set_num_threads(int n);  // n <= 0: hardware concurrency
+int num_threads();
+
+}  // namespace quantkit

@@ -1,0 +1,88 @@
+#include "quantkit/thread_pool.h"
+
+#include <cblas.h>
+
+#include <memory>
+
+namespace quantkit {
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  start_cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+static void run_chunk(const std::function<void(int64_t, int64_t)>& fn, int64_t n, int id, int parts) {
+  int64_t begin = n * id / parts, end = n * (id + 1) / parts;
+  if (begin < end) fn(begin, end);
+}
+
+void ThreadPool::worker(int id) {
+  uint64_t seen = 0;
+  for (;;) {
+    const std::function<void(int64_t, int64_t)>* job;
+    int64_t n;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      job = job_;
+      n = job_n_;
+    }
+    run_chunk(*job, n, id, n_threads_);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--pending_ == 0) done_cv_.notify_one();
+  }
+}
+
+void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n_threads_ == 1 || n <= 1) {
+    if (n > 0) fn(0, n);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = &fn;
+    job_n_ = n;
+    pending_ = n_threads_ - 1;
+    ++generation_;
+  }
+  start_cv_.notify_all();
+  run_chunk(fn, n, 0, n_threads_);
+  std::unique_lock<std::mutex> lock(mu_);
+  done_cv_.wait(lock, [&] { return pending_ == 0; });
+}
+
+namespace {
+int g_threads = 0;
+std::unique_ptr<ThreadPool> g_pool;
+}  // namespace
+
+void set_num_threads(int n) {
+  if (n <= 0) n = int(std::thread::hardware_concurrency());
+  if (n <= 0) n = 1;
+  if (n == g_threads && g_pool) return;
+  g_threads = n;
+  g_pool = std::make_unique<ThreadPool>(n);
+  openblas_set_num_threads(n);
+}
+
+int num_threads() {
+  if (!g_pool) set_num_threads(0);
+  return g_threads;
+}
+
+ThreadPool& global_pool() {
+  if (!g_pool) set_num_threads(0);
+  return *g_pool;
+}
+
+}  // namespace quantkit

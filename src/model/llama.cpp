@@ -1,0 +1,180 @@
+#include "quantkit/llama.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "quantkit/error.h"
+#include "quantkit/thread_pool.h"
+
+namespace quantkit {
+namespace {
+
+std::vector<float> vector_of(const TensorView& v) { return to_float(v).data; }
+
+void rms_norm(const float* x, const float* w, float eps, int n, int dim, float* out) {
+  for (int t = 0; t < n; ++t) {
+    const float* xt = x + int64_t(t) * dim;
+    double ss = 0;
+    for (int i = 0; i < dim; ++i) ss += double(xt[i]) * xt[i];
+    const float inv = float(1.0 / std::sqrt(ss / dim + eps));
+    float* ot = out + int64_t(t) * dim;
+    for (int i = 0; i < dim; ++i) ot[i] = w[i] * (xt[i] * inv);
+  }
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const ModelFile& f) : cfg_(f.config) {
+  auto layer_name = [](int l, const char* s) { return "blk." + std::to_string(l) + "." + s; };
+  tok_embd_ = to_float(f.get("token_embd.weight"));
+  if (tok_embd_.rows() != cfg_.vocab_size || tok_embd_.cols() != cfg_.dim)
+    fail("{}: token_embd.weight has shape {}, expected [{}, {}]", f.path, shape_str(tok_embd_.shape),
+         cfg_.vocab_size, cfg_.dim);
+  out_norm_ = vector_of(f.get("output_norm.weight"));
+  head_ = make_linear(cfg_.tied_embeddings ? f.get("token_embd.weight") : f.get("output.weight"));
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    LlamaLayer L;
+    L.attn_norm = vector_of(f.get(layer_name(l, "attn_norm.weight")));
+    L.ffn_norm = vector_of(f.get(layer_name(l, "ffn_norm.weight")));
+    L.wq = make_linear(f.get(layer_name(l, "attn_q.weight")));
+    L.wk = make_linear(f.get(layer_name(l, "attn_k.weight")));
+    L.wv = make_linear(f.get(layer_name(l, "attn_v.weight")));
+    L.wo = make_linear(f.get(layer_name(l, "attn_output.weight")));
+    L.w_gate = make_linear(f.get(layer_name(l, "ffn_gate.weight")));
+    L.w_up = make_linear(f.get(layer_name(l, "ffn_up.weight")));
+    L.w_down = make_linear(f.get(layer_name(l, "ffn_down.weight")));
+    layers_.push_back(std::move(L));
+  }
+  // RoPE angles in double precision: pos * theta^(-2i/head_dim).
+  const int half = cfg_.head_dim() / 2;
+  rope_cos_.resize(size_t(cfg_.max_seq_len) * half);
+  rope_sin_.resize(rope_cos_.size());
+  for (int p = 0; p < cfg_.max_seq_len; ++p)
+    for (int i = 0; i < half; ++i) {
+      double freq = std::pow(double(cfg_.rope_theta), -2.0 * i / cfg_.head_dim());
+      double a = p * freq;
+      rope_cos_[size_t(p) * half + i] = float(std::cos(a));
+      rope_sin_[size_t(p) * half + i] = float(std::sin(a));
+    }
+}
+
+KVCache LlamaModel::make_cache(int capacity) const {
+  if (capacity > cfg_.max_seq_len) capacity = cfg_.max_seq_len;
+  KVCache c;
+  c.capacity = capacity;
+  c.k.assign(cfg_.n_layers, std::vector<float>(size_t(capacity) * cfg_.kv_dim()));
+  c.v.assign(cfg_.n_layers, std::vector<float>(size_t(capacity) * cfg_.kv_dim()));
+  return c;
+}
+
+size_t LlamaModel::weight_bytes() const {
+  size_t b = head_->weight_bytes();
+  for (const auto& L : layers_)
+    for (const Linear* w : {L.wq.get(), L.wk.get(), L.wv.get(), L.wo.get(), L.w_gate.get(), L.w_up.get(), L.w_down.get()})
+      b += w->weight_bytes();
+  return b;
+}
+
+void LlamaModel::rope(float* x, int n, int pos, int n_heads) const {
+  const int hd = cfg_.head_dim(), half = hd / 2, width = n_heads * hd;
+  // Normal pairs adjacent dims (2i, 2i+1); NeoX pairs dim i with i + head_dim/2.
+  const int stride = cfg_.rope_style == RopeStyle::Normal ? 2 : 1;
+  const int partner = cfg_.rope_style == RopeStyle::Normal ? 1 : half;
+  for (int t = 0; t < n; ++t) {
+    const float* c = &rope_cos_[size_t(pos + t) * half];
+    const float* s = &rope_sin_[size_t(pos + t) * half];
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + int64_t(t) * width + h * hd;
+      for (int i = 0; i < half; ++i) {
+        float& a = v[i * stride];
+        float& b = v[i * stride + partner];
+        const float a0 = a, b0 = b;
+        a = a0 * c[i] - b0 * s[i];
+        b = a0 * s[i] + b0 * c[i];
+      }
+    }
+  }
+}
+
+void LlamaModel::attention(const float* q, int n, int pos, const KVCache& cache, int layer, float* out) const {
+  const int hd = cfg_.head_dim(), dim = cfg_.dim, kv_dim = cfg_.kv_dim();
+  const int group = cfg_.n_heads / cfg_.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const float* K = cache.k[layer].data();
+  const float* V = cache.v[layer].data();
+  // Heads are independent; each thread takes whole heads so results do not depend on
+  // the thread count.
+  global_pool().parallel_for(cfg_.n_heads, [&](int64_t h0, int64_t h1) {
+    std::vector<float> att(size_t(pos + n));
+    for (int64_t h = h0; h < h1; ++h) {
+      const int kvh = int(h) / group;
+      for (int t = 0; t < n; ++t) {
+        const float* qt = q + int64_t(t) * dim + h * hd;
+        const int len = pos + t + 1;  // causal: positions 0..pos+t
+        float mx = -INFINITY;
+        for (int j = 0; j < len; ++j) {
+          const float* kj = K + int64_t(j) * kv_dim + kvh * hd;
+          float d = 0;
+          for (int i = 0; i < hd; ++i) d += qt[i] * kj[i];
+          att[j] = d * scale;
+          mx = std::max(mx, att[j]);
+        }
+        float sum = 0;
+        for (int j = 0; j < len; ++j) {
+          att[j] = std::exp(att[j] - mx);
+          sum += att[j];
+        }
+        float* ot = out + int64_t(t) * dim + h * hd;
+        std::fill(ot, ot + hd, 0.0f);
+        for (int j = 0; j < len; ++j) {
+          const float p = att[j] / sum;
+          const float* vj = V + int64_t(j) * kv_dim + kvh * hd;
+          for (int i = 0; i < hd; ++i) ot[i] += p * vj[i];
+        }
+      }
+    }
+  });
+}
+
+void LlamaModel::forward(const int* tokens, int n, int pos, KVCache& cache, float* logits) const {
+  if (n <= 0) return;
+  if (pos < 0 || pos + n > cache.capacity)
+    fail("context overflow: positions {}..{} exceed the cache of {} (model context {})", pos, pos + n - 1,
+         cache.capacity, cfg_.max_seq_len);
+  const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), hidden = cfg_.hidden_dim;
+  std::vector<float> x(size_t(n) * dim), xn(x.size()), q(x.size()), att(x.size()), tmp(x.size());
+  std::vector<float> gate(size_t(n) * hidden), up(gate.size());
+  for (int t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= cfg_.vocab_size)
+      fail("token id {} is outside the vocabulary of {}", tokens[t], cfg_.vocab_size);
+    std::memcpy(&x[size_t(t) * dim], &tok_embd_.data[size_t(tokens[t]) * dim], sizeof(float) * dim);
+  }
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    const LlamaLayer& L = layers_[l];
+    rms_norm(x.data(), L.attn_norm.data(), cfg_.rms_eps, n, dim, xn.data());
+    L.wq->forward(xn.data(), n, q.data());
+    float* kdst = &cache.k[l][size_t(pos) * kv_dim];
+    float* vdst = &cache.v[l][size_t(pos) * kv_dim];
+    L.wk->forward(xn.data(), n, kdst);
+    L.wv->forward(xn.data(), n, vdst);
+    rope(q.data(), n, pos, cfg_.n_heads);
+    rope(kdst, n, pos, cfg_.n_kv_heads);
+    attention(q.data(), n, pos, cache, l, att.data());
+    L.wo->forward(att.data(), n, tmp.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+
+    rms_norm(x.data(), L.ffn_norm.data(), cfg_.rms_eps, n, dim, xn.data());
+    L.w_gate->forward(xn.data(), n, gate.data());
+    L.w_up->forward(xn.data(), n, up.data());
+    for (size_t i = 0; i < gate.size(); ++i) {
+      const float g = gate[i];
+      gate[i] = g / (1.0f + std::exp(-g)) * up[i];  // SwiGLU: silu(gate) * up
+    }
+    L.w_down->forward(gate.data(), n, tmp.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+  }
+  rms_norm(x.data(), out_norm_.data(), cfg_.rms_eps, n, dim, xn.data());
+  head_->forward(xn.data(), n, logits);
+}
+
+}  // namespace quantkit

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Regenerates tests/data/ggml/*.bin from llama.cpp's quantizers and decoders.
+# Needs the llama.cpp peer in .peer/ (scripts/fetch-peer.sh). The output is deterministic;
+# rerun it only when the test inputs change, and commit the result.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+PEER="$ROOT/.peer"
+[ -f "$PEER/lib/libggml-base.so" ] || { echo "gen_ggml_vectors: $PEER missing, run scripts/fetch-peer.sh" >&2; exit 1; }
+BIN="$(mktemp -d)"
+trap 'rm -rf "$BIN"' EXIT
+${CC:-gcc} -std=c11 -O1 -Wall -Wextra -o "$BIN/gen_ggml_vectors" "$ROOT/tests/tools/gen_ggml_vectors.c" \
+  -I"$PEER/include" -L"$PEER/lib" -lggml-base -ldl -lm -Wl,-rpath,"$PEER/lib"
+mkdir -p "$ROOT/tests/data/ggml"
+"$BIN/gen_ggml_vectors" "$ROOT/tests/data/ggml"
