@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <system_error>
 #include <string>
 #include <vector>
 
@@ -37,11 +39,24 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
+// A temp folder of this process (ctest -j runs the tests of this file concurrently),
+// removed at exit.
+struct ProcessTempDir {
+  std::string path = qk_test::temp_dir("llamacpp_peer_" + std::to_string(getpid()));
+  ~ProcessTempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+const std::string& temp_dir() {
+  static const ProcessTempDir d;
+  return d.path;
+}
+
 // Runs `program args` (args already quoted), capturing stdout and stderr.
 qk_test::RunResult run(const std::string& program, const std::string& args) {
   static int counter = 0;
-  static const std::string dir = qk_test::temp_dir("llamacpp_peer_run_" + std::to_string(getpid()));
-  const std::string base = dir + "/" + std::to_string(counter++);
+  const std::string base = temp_dir() + "/run" + std::to_string(counter++);
   const std::string cmd = quote(program) + " " + args + " >" + base + ".out 2>" + base + ".err";
   int status = std::system(cmd.c_str());
   int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -73,8 +88,7 @@ struct Converted {
 const Converted& converted() {
   static const Converted c = [] {
     Converted r;
-    // Per process: ctest -j runs the tests of this file concurrently.
-    r.dir = qk_test::temp_dir("llamacpp_peer_" + std::to_string(getpid()));
+    r.dir = temp_dir();
     r.text_file = r.dir + "/aidreams-eval-joined.txt";
     {
       std::FILE* f = std::fopen(r.text_file.c_str(), "wb");
@@ -84,7 +98,7 @@ const Converted& converted() {
     }
     for (const char* type : {"f32", "f16"}) {
       const std::string out = r.dir + "/aidreams260K-" + type + ".gguf";
-      auto res = qk_test::run_cli("convert " + quote(qk_test::model_path()) + " " + quote(out) + " --tokenizer " +
+      auto res = run(QK_CLI, "convert " + quote(qk_test::model_path()) + " " + quote(out) + " --tokenizer " +
                                   quote(qk_test::tokenizer_path()) + " --type " + type);
       if (res.exit_code != 0) {
         r.error += std::string("quantkit convert --type ") + type + " failed (exit " +

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <unistd.h>
 
 namespace qk_test {
 
@@ -21,9 +22,10 @@ inline std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-// A fresh empty folder under the test temp dir.
+// A fresh empty folder under the test temp dir, private to this process (ctest runs
+// tests in parallel processes).
 inline std::string temp_dir(const std::string& name) {
-  auto p = std::filesystem::path(testing::TempDir()) / ("qk_" + name);
+  auto p = std::filesystem::path(testing::TempDir()) / ("qk_" + std::to_string(::getpid()) + "_" + name);
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();
@@ -37,7 +39,8 @@ struct RunResult {
 // Runs the quantkit CLI with `args` (a shell-quoted string), capturing stdout and stderr.
 inline RunResult run_cli(const std::string& args) {
   static int counter = 0;
-  const std::string base = temp_dir("cli") + "/" + std::to_string(counter++);
+  static const std::string dir = temp_dir("cli");
+  const std::string base = dir + "/" + std::to_string(counter++);
   const std::string cmd = std::string(QK_CLI) + " " + args + " >" + base + ".out 2>" + base + ".err";
   int status = std::system(cmd.c_str());
   int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
