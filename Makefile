@@ -19,7 +19,7 @@ build: deps
 peer: deps
 	@scripts/fetch-peer.sh
 
-test: build peer
+test: peer build
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
 
 demo: build
