@@ -374,21 +374,11 @@ std::optional<std::string> hf_to_gguf_name(const std::string& hf) { return map_n
 std::optional<std::string> gguf_to_hf_name(const std::string& gguf) { return map_name(gguf, false); }
 
 Tensor permute_qk_normal_to_neox(const Tensor& w, int n_heads, const std::string& name) {
-  const int64_t rows = w.shape.empty() ? 0 : w.shape[0];
-  if (w.shape.size() != 2 || n_heads <= 0 || rows % n_heads != 0 || (rows / n_heads) % 2 != 0)
-    fail("tensor '{}': shape {} cannot be split into {} heads of even size", name, shape_str(w.shape), n_heads);
-  const int64_t hd = rows / n_heads, half = hd / 2, cols = w.shape[1];
+  if (w.shape.size() != 2) fail("tensor '{}': shape {} cannot be split into {} heads", name, shape_str(w.shape), n_heads);
+  const TensorView view{name, DType::F32, w.shape, w.data.data(), w.data.size() * sizeof(float)};
+  const std::vector<uint8_t> bytes = permute_qk_rows(view, n_heads, RopeStyle::Normal, RopeStyle::NeoX);
   Tensor out(w.shape);
-  auto copy_row = [&](int64_t to, int64_t from) {
-    std::memcpy(out.data.data() + to * cols, w.data.data() + from * cols, size_t(cols) * sizeof(float));
-  };
-  for (int64_t h = 0; h < n_heads; ++h) {
-    const int64_t base = h * hd;
-    for (int64_t i = 0; i < half; ++i) {
-      copy_row(base + i, base + 2 * i);
-      copy_row(base + half + i, base + 2 * i + 1);
-    }
-  }
+  std::memcpy(out.data.data(), bytes.data(), bytes.size());
   return out;
 }
 

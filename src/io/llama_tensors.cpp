@@ -64,7 +64,7 @@ std::vector<uint8_t> permute_qk_rows(const TensorView& t, int n_heads, RopeStyle
   if (t.shape.size() != 2 || n_heads < 1 || t.shape[0] % n_heads != 0)
     fail("tensor '{}': shape {} cannot be split into {} heads", t.name, shape_str(t.shape), n_heads);
   const int64_t rows = t.shape[0], head_dim = rows / n_heads, half = head_dim / 2;
-  if (head_dim % 2 != 0) fail("tensor '{}': head dim {} is odd, RoPE needs pairs", t.name, head_dim);
+  if (head_dim % 2 != 0) fail("tensor '{}': head dim {} is odd: RoPE needs an even head size", t.name, head_dim);
   const DTypeTraits* tr = dtype_traits(uint32_t(t.type));
   if (!tr || t.shape[1] % tr->block_size != 0)
     fail("tensor '{}': rows of {} elements do not split into blocks of type id {}", t.name, t.shape[1],
