@@ -1,0 +1,83 @@
+// Quantization formats: one interface, one registry, one spec-string parser.
+//
+// A Format maps a 2-D weight matrix W [rows = out, cols = in] to a packed bit string and
+// back. Everything needed to decode (scales, zero points, codebooks, indices, seeds) is
+// inside the packed bits, and storage_bits() is exactly their count: bits per weight are
+// never estimated. Formats are created from spec strings ("int4:g128:asym", "q4_0",
+// "vq:d8:k256", ...) parsed in one place (make_format); spec() prints the same string.
+//
+// An optional importance vector (one value per input column: the diagonal of the input
+// Hessian, mean of x_j^2 over calibration data) makes a format minimise
+// sum_ij importance_j * (W_ij - Q_ij)^2 when it chooses scales, clipping and codewords.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace quantkit {
+
+// A quantized matrix.
+struct Packed {
+  int64_t rows = 0, cols = 0;
+  uint64_t bits = 0;           // exact storage; bytes.size() == ceil(bits / 8)
+  std::vector<uint8_t> bytes;  // the packed bit string (LSB-first within each byte)
+
+  double bits_per_weight() const { return rows * cols ? double(bits) / double(rows * cols) : 0.0; }
+};
+
+// The integer symbols inside a packed matrix (levels, codebook indices), for entropy
+// coding: alphabet = number of possible values, bits = their fixed-length width.
+struct SymbolStream {
+  std::string name;
+  uint32_t alphabet = 0;
+  std::vector<uint32_t> symbols;
+};
+
+class Format {
+ public:
+  virtual ~Format() = default;
+
+  virtual std::string spec() const = 0;      // canonical spec; make_format(spec()) recreates it
+  virtual std::string describe() const = 0;  // one line for `quantkit formats`
+
+  // Empty when a rows x cols matrix can be stored, else the reason (e.g. "cols 172 is not
+  // a multiple of the block size 32").
+  virtual std::string check_shape(int64_t rows, int64_t cols) const { return {}; }
+
+  // Exact storage in bits for a rows x cols matrix, everything included.
+  virtual uint64_t storage_bits(int64_t rows, int64_t cols) const = 0;
+  double bits_per_weight(int64_t rows, int64_t cols) const {
+    return double(storage_bits(rows, cols)) / double(rows * cols);
+  }
+
+  // w: row-major rows x cols; importance: cols values or nullptr (uniform).
+  virtual Packed quantize(const float* w, int64_t rows, int64_t cols, const float* importance) const = 0;
+  // out: rows x cols.
+  virtual void dequantize(const Packed& p, float* out) const = 0;
+
+  // The symbol streams of p (empty when the format has none worth coding).
+  virtual std::vector<SymbolStream> symbols(const Packed& p) const { return {}; }
+};
+
+// Parses a spec string; throws Error listing the valid forms when it is not one.
+std::unique_ptr<Format> make_format(const std::string& spec);
+
+// One registry row per format family.
+struct FormatFamily {
+  std::string name;                   // "int", "fp", "q4_0", "vq", ...
+  std::string grammar;                // "int<b>[:g<G>|:row|:tensor][:sym|:asym|:mid]..."
+  std::string summary;                // one line
+  std::vector<std::string> examples;  // canonical specs, listed by `quantkit formats`
+  // Returns the format for the spec tokens (split at ':'), nullptr when tokens[0] is not
+  // this family's; throws Error when it is but the rest is malformed.
+  std::function<std::unique_ptr<Format>(const std::vector<std::string>& tokens)> parse;
+};
+
+const std::vector<FormatFamily>& format_families();
+
+// Registers a family; used by the static Registrar objects of src/formats/*.cpp.
+void register_format_family(FormatFamily f);
+
+}  // namespace quantkit

@@ -1,0 +1,180 @@
+#include "formats/common.h"
+
+#include <cstring>
+
+#include "quantkit/fp16.h"
+
+namespace quantkit::formats {
+
+void BitWriter::put(uint64_t value, int nbits) {
+  if (nbits < 64) value &= (uint64_t(1) << nbits) - 1;
+  for (int done = 0; done < nbits;) {
+    const uint64_t byte = bits_ >> 3;
+    const int offset = int(bits_ & 7);
+    if (byte >= bytes_.size()) bytes_.push_back(0);
+    const int n = std::min(8 - offset, nbits - done);
+    bytes_[byte] |= uint8_t(((value >> done) & ((1u << n) - 1)) << offset);
+    done += n;
+    bits_ += uint64_t(n);
+  }
+}
+
+void BitWriter::put_f16(float v) { put(f32_to_f16(v), 16); }
+
+void BitWriter::put_f32(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  put(u, 32);
+}
+
+void BitWriter::finish(Packed& p) {
+  p.bits = bits_;
+  p.bytes = std::move(bytes_);
+  p.bytes.resize(size_t((bits_ + 7) / 8));
+  bytes_.clear();
+  bits_ = 0;
+}
+
+uint64_t BitReader::get(int nbits) {
+  if (pos_ + uint64_t(nbits) > size_bits_)
+    fail("packed data ends at bit {}, reading {} bits at {}", size_bits_, nbits, pos_);
+  uint64_t v = 0;
+  for (int done = 0; done < nbits;) {
+    const uint8_t b = data_[pos_ >> 3];
+    const int offset = int(pos_ & 7);
+    const int n = std::min(8 - offset, nbits - done);
+    v |= uint64_t((b >> offset) & ((1u << n) - 1)) << done;
+    done += n;
+    pos_ += uint64_t(n);
+  }
+  return v;
+}
+
+float BitReader::get_f16() { return f16_to_f32(uint16_t(get(16))); }
+
+float BitReader::get_f32() {
+  uint32_t u = uint32_t(get(32));
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+Packed finish_packed(BitWriter& w, int64_t rows, int64_t cols, uint64_t expected_bits) {
+  Packed p;
+  p.rows = rows;
+  p.cols = cols;
+  if (w.bits() != expected_bits)
+    throw Error(fmt::format("internal: format wrote {} bits, its accounting says {}", w.bits(), expected_bits));
+  w.finish(p);
+  return p;
+}
+
+std::optional<int64_t> int_after(const std::string& token, const std::string& prefix) {
+  if (token.size() <= prefix.size() || token.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+  const std::string digits = token.substr(prefix.size());
+  if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  if (digits.size() > 1 && digits[0] == '0') return std::nullopt;  // one spelling per number
+  return std::stoll(digits);
+}
+
+SpecTokens::SpecTokens(const std::vector<std::string>& tokens, size_t first)
+    : tokens_(tokens.begin() + std::min(first, tokens.size()), tokens.end()), used_(tokens_.size(), false) {}
+
+std::optional<int64_t> SpecTokens::take_int(const std::string& prefix) {
+  for (size_t i = 0; i < tokens_.size(); ++i) {
+    if (used_[i]) continue;
+    if (auto v = int_after(tokens_[i], prefix)) {
+      used_[i] = true;
+      return v;
+    }
+  }
+  return std::nullopt;
+}
+
+bool SpecTokens::take_flag(const std::string& flag) {
+  for (size_t i = 0; i < tokens_.size(); ++i)
+    if (!used_[i] && tokens_[i] == flag) return used_[i] = true;
+  return false;
+}
+
+std::optional<std::string> SpecTokens::take_one_of(const std::vector<std::string>& choices) {
+  for (size_t i = 0; i < tokens_.size(); ++i) {
+    if (used_[i]) continue;
+    for (const auto& c : choices)
+      if (tokens_[i] == c) {
+        used_[i] = true;
+        return c;
+      }
+  }
+  return std::nullopt;
+}
+
+void SpecTokens::finish() const {
+  std::string left;
+  for (size_t i = 0; i < tokens_.size(); ++i)
+    if (!used_[i]) left += (left.empty() ? "'" : ", '") + tokens_[i] + "'";
+  if (!left.empty()) throw Error("unknown or repeated option " + left);
+}
+
+Grouping Grouping::parse(SpecTokens& t, Grouping dflt) {
+  Grouping g = dflt;
+  if (auto size = t.take_int("g")) {
+    if (*size < 1 || *size > (1 << 20)) throw Error(fmt::format("group size {} is out of range [1, 1048576]", *size));
+    g = {Group, *size};
+  } else if (t.take_flag("row")) {
+    g = {Row, 0};
+  } else if (t.take_flag("tensor")) {
+    g = {Tensor, 0};
+  }
+  return g;
+}
+
+std::string Grouping::spec() const {
+  switch (kind) {
+    case Tensor: return "tensor";
+    case Row: return "row";
+    default: return "g" + std::to_string(size);
+  }
+}
+
+int64_t Grouping::count(int64_t rows, int64_t cols) const {
+  switch (kind) {
+    case Tensor: return 1;
+    case Row: return rows;
+    default: return rows * ((cols + size - 1) / size);
+  }
+}
+
+void Grouping::for_each(int64_t rows, int64_t cols,
+                        const std::function<void(int64_t, int64_t, int64_t, int64_t)>& fn) const {
+  if (kind == Tensor) return fn(0, rows, 0, cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (kind == Row) {
+      fn(r, r + 1, 0, cols);
+      continue;
+    }
+    for (int64_t c = 0; c < cols; c += size) fn(r, r + 1, c, std::min(cols, c + size));
+  }
+}
+
+double weighted_sse(const float* x, const float* y, const float* imp, int64_t n, int64_t imp_stride) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = double(x[i]) - double(y[i]);
+    s += (imp ? double(imp[i * imp_stride]) : 1.0) * d * d;
+  }
+  return s;
+}
+
+float search_scale(float s_max, float min_ratio, int steps, const std::function<double(float)>& err) {
+  float best = s_max;
+  double best_err = err(s_max);
+  for (int k = 1; k < steps; ++k) {
+    const float s = s_max * (1.0f - float(k) * (1.0f - min_ratio) / float(steps));
+    const double e = err(s);
+    if (e < best_err) best_err = e, best = s;
+  }
+  return best;
+}
+
+}  // namespace quantkit::formats
