@@ -1,4 +1,6 @@
 // quantkit formats: every registered format with its exact bits per weight.
+#include <fmt/format.h>
+
 #include <cstdio>
 
 #include "cli/command.h"
