@@ -1,0 +1,306 @@
+#include "formats/int_uniform.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "formats/common.h"
+#include "quantkit/fp16.h"
+#include "quantkit/thread_pool.h"
+
+namespace quantkit::formats {
+namespace {
+
+// Integer range of the codes of a b-bit group.
+struct Levels {
+  int lo, hi;
+};
+Levels levels(const IntParams& p) {
+  if (p.mode == IntMode::Sym) return {-(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1};
+  return {0, (1 << p.bits) - 1};
+}
+
+// One group's parameters: w ≈ scale * (q - offset).
+struct GroupParams {
+  float scale = 0;
+  float offset = 0;  // 0 (sym), zero point (asym), (2^b-1)/2 (mid)
+  int zero = 0;      // stored zero point (asym)
+};
+
+int quantize_one(float w, const GroupParams& g, Levels lv) {
+  if (g.scale == 0.0f) return std::clamp(int(std::lround(g.offset)), lv.lo, lv.hi);
+  const float q = std::nearbyint(w / g.scale + g.offset);
+  return int(std::clamp(q, float(lv.lo), float(lv.hi)));
+}
+
+double group_error(const float* w, const float* imp, int64_t n, const GroupParams& g, Levels lv) {
+  double e = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = double(w[i]) - double(g.scale) * (quantize_one(w[i], g, lv) - g.offset);
+    e += (imp ? double(imp[i]) : 1.0) * d * d;
+  }
+  return e;
+}
+
+class IntFormat;
+
+// Chooses the parameters of one group: the clipping range shrinks from the full range
+// (absmax / min..max) over a coarse grid, then a fine grid around the best.
+GroupParams fit_group(const float* w, const float* imp, int64_t n, const IntParams& p, bool fp16_scale) {
+  const Levels lv = levels(p);
+  float lo = 0, hi = 0, absmax = 0, signed_max = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    lo = std::min(lo, w[i]);
+    hi = std::max(hi, w[i]);
+    if (std::fabs(w[i]) > absmax) absmax = std::fabs(w[i]), signed_max = w[i];
+  }
+  auto round_scale = [&](float s) { return fp16_scale ? f16_to_f32(f32_to_f16(s)) : s; };
+  // Parameters for clipping ratio r of the full range.
+  auto params_at = [&](float r) {
+    GroupParams g;
+    switch (p.mode) {
+      case IntMode::Sym:  // the extreme weight maps to the most negative level
+        g.scale = round_scale(signed_max * r / float(lv.lo));
+        break;
+      case IntMode::Mid:
+        g.scale = round_scale(absmax * r / (float(lv.hi) / 2.0f));
+        g.offset = float(lv.hi) / 2.0f;
+        break;
+      case IntMode::Asym: {
+        g.scale = round_scale((hi - lo) * r / float(lv.hi));
+        const float center = 0.5f * (hi + lo);
+        if (g.scale != 0.0f) g.zero = std::clamp(int(std::lround(float(lv.hi) / 2.0f - center / g.scale)), 0, lv.hi);
+        g.offset = float(g.zero);
+        break;
+      }
+    }
+    if (!std::isfinite(g.scale)) g.scale = 0.0f;
+    return g;
+  };
+  if (!p.clip_search || absmax == 0.0f) return params_at(1.0f);
+  auto err = [&](float r) { return group_error(w, imp, n, params_at(r), lv); };
+  // Coarse: r in [0.1, 1] in 30 steps; fine: +-1 coarse step in 16 steps.
+  float best_r = 1.0f;
+  double best = err(1.0f);
+  for (int k = 1; k < 30; ++k) {
+    const float r = 1.0f - 0.9f * float(k) / 29.0f;
+    const double e = err(r);
+    if (e < best) best = e, best_r = r;
+  }
+  const float step = 0.9f / 29.0f;
+  for (int k = -8; k <= 8; ++k) {
+    const float r = std::min(1.0f, best_r + step * float(k) / 8.0f);
+    if (r <= 0.0f) continue;
+    const double e = err(r);
+    if (e < best) best = e, best_r = r;
+  }
+  return params_at(best_r);
+}
+
+class IntFormat : public Format {
+ public:
+  explicit IntFormat(IntParams p) : p_(p) {
+    if (p_.bits < 1 || p_.bits > 8) throw Error(fmt::format("bits {} out of range [1, 8]", p_.bits));
+    if (p_.bits == 1 && p_.mode == IntMode::Sym) throw Error("int1 has no symmetric midtread grid: use asym or mid");
+    if (p_.master_bits && (p_.master_bits <= p_.bits || p_.master_bits > 8))
+      throw Error(fmt::format("dr{} must be wider than {} bits and at most 8", p_.master_bits, p_.bits));
+    if (p_.group == 0) grouping_ = {Grouping::Row, 0};
+    else if (p_.group < 0) grouping_ = {Grouping::Tensor, 0};
+    else grouping_ = {Grouping::Group, p_.group};
+  }
+
+  std::string spec() const override {
+    std::string s = fmt::format("int{}:{}", p_.bits, grouping_.spec());
+    if (p_.mode == IntMode::Asym) s += ":asym";
+    if (p_.mode == IntMode::Mid) s += ":mid";
+    if (p_.master_bits) s += fmt::format(":dr{}", p_.master_bits);
+    if (!p_.clip_search) s += ":noclip";
+    return s;
+  }
+
+  std::string describe() const override {
+    static const char* modes[] = {"symmetric", "asymmetric (zero point)", "midrise"};
+    std::string d = fmt::format("{}-bit uniform integer, {}, scale per {}", p_.bits, modes[int(p_.mode)],
+                                grouping_.kind == Grouping::Group ? fmt::format("{} inputs", p_.group) : grouping_.spec());
+    if (p_.master_bits) d += fmt::format(", Double Rounding from a stored int{}", p_.master_bits);
+    return d + (p_.clip_search ? ", clipping search" : "");
+  }
+
+  int scale_bits() const { return grouping_.kind == Grouping::Tensor ? 32 : 16; }
+  int zero_bits() const { return p_.mode == IntMode::Asym ? p_.bits : 0; }
+
+  uint64_t storage_bits(int64_t rows, int64_t cols) const override {
+    return uint64_t(grouping_.count(rows, cols)) * uint64_t(scale_bits() + zero_bits()) +
+           uint64_t(rows * cols) * uint64_t(p_.bits);
+  }
+
+  Packed quantize(const float* w, int64_t rows, int64_t cols, const float* imp) const override {
+    if (p_.master_bits) {
+      IntParams master = p_;
+      master.bits = p_.master_bits;
+      master.master_bits = 0;
+      return derive_lower_bits(IntFormat(master).quantize(w, rows, cols, imp), master, p_.bits);
+    }
+    std::vector<GroupParams> groups;
+    std::vector<int16_t> codes;
+    encode(w, rows, cols, imp, groups, codes);
+    return pack(groups, codes, rows, cols);
+  }
+
+  void dequantize(const Packed& pk, float* out) const override {
+    std::vector<GroupParams> groups;
+    std::vector<int16_t> codes;
+    unpack(pk, groups, codes);
+    size_t gi = 0;
+    grouping_.for_each(pk.rows, pk.cols, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      const GroupParams& g = groups[gi++];
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) {
+          const size_t i = size_t(r * pk.cols + c);
+          out[i] = g.scale * (float(codes[i]) - g.offset);
+        }
+    });
+  }
+
+  std::vector<SymbolStream> symbols(const Packed& pk) const override {
+    std::vector<GroupParams> groups;
+    std::vector<int16_t> codes;
+    unpack(pk, groups, codes);
+    SymbolStream s{"levels", 1u << p_.bits, {}};
+    const int lo = levels(p_).lo;
+    s.symbols.reserve(codes.size());
+    for (int16_t q : codes) s.symbols.push_back(uint32_t(q - lo));
+    return {s};
+  }
+
+  // Codes in row-major order and one GroupParams per group in Grouping order.
+  void encode(const float* w, int64_t rows, int64_t cols, const float* imp, std::vector<GroupParams>& groups,
+              std::vector<int16_t>& codes) const {
+    const Levels lv = levels(p_);
+    const bool fp16 = scale_bits() == 16;
+    codes.assign(size_t(rows * cols), 0);
+    if (grouping_.kind == Grouping::Tensor) {
+      // One scale for the whole matrix: importance repeats per row.
+      std::vector<float> imp_full;
+      if (imp) {
+        imp_full.resize(size_t(rows * cols));
+        for (int64_t r = 0; r < rows; ++r) std::copy(imp, imp + cols, imp_full.begin() + r * cols);
+      }
+      groups = {fit_group(w, imp ? imp_full.data() : nullptr, rows * cols, p_, fp16)};
+      for (int64_t i = 0; i < rows * cols; ++i) codes[size_t(i)] = int16_t(quantize_one(w[i], groups[0], lv));
+      return;
+    }
+    const int64_t per_row = grouping_.count(1, cols);
+    groups.assign(size_t(rows * per_row), {});
+    const int64_t gsize = grouping_.kind == Grouping::Row ? cols : grouping_.size;
+    global_pool().parallel_for(rows, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t g = 0; g < per_row; ++g) {
+          const int64_t c0 = g * gsize, n = std::min(cols, c0 + gsize) - c0;
+          const float* x = w + r * cols + c0;
+          GroupParams gp = fit_group(x, imp ? imp + c0 : nullptr, n, p_, fp16);
+          groups[size_t(r * per_row + g)] = gp;
+          for (int64_t i = 0; i < n; ++i) codes[size_t(r * cols + c0 + i)] = int16_t(quantize_one(x[i], gp, lv));
+        }
+    });
+  }
+
+  Packed pack(const std::vector<GroupParams>& groups, const std::vector<int16_t>& codes, int64_t rows,
+              int64_t cols) const {
+    BitWriter bw;
+    const int lo = levels(p_).lo;
+    size_t gi = 0;
+    grouping_.for_each(rows, cols, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      const GroupParams& g = groups[gi++];
+      if (scale_bits() == 32) bw.put_f32(g.scale);
+      else bw.put_f16(g.scale);
+      if (zero_bits()) bw.put(uint64_t(g.zero), zero_bits());
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) bw.put(uint64_t(codes[size_t(r * cols + c)] - lo), p_.bits);
+    });
+    return finish_packed(bw, rows, cols, storage_bits(rows, cols));
+  }
+
+  void unpack(const Packed& pk, std::vector<GroupParams>& groups, std::vector<int16_t>& codes) const {
+    if (pk.bits != storage_bits(pk.rows, pk.cols)) fail("packed {} holds {} bits, expected {}", spec(), pk.bits, storage_bits(pk.rows, pk.cols));
+    BitReader br(pk);
+    const int lo = levels(p_).lo;
+    codes.assign(size_t(pk.rows * pk.cols), 0);
+    groups.clear();
+    grouping_.for_each(pk.rows, pk.cols, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      GroupParams g;
+      g.scale = scale_bits() == 32 ? br.get_f32() : br.get_f16();
+      if (zero_bits()) g.zero = int(br.get(zero_bits()));
+      g.offset = p_.mode == IntMode::Asym ? float(g.zero) : p_.mode == IntMode::Mid ? float(levels(p_).hi) / 2.0f : 0.0f;
+      groups.push_back(g);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) codes[size_t(r * pk.cols + c)] = int16_t(int(br.get(p_.bits)) + lo);
+    });
+  }
+
+  const IntParams& params() const { return p_; }
+
+ private:
+  IntParams p_;
+  Grouping grouping_;
+};
+
+// Second rounding of a B-bit code to b bits: divide by 2^(B-b), round half up, clamp.
+int reround(int q, int shift, Levels lv, IntMode mode) {
+  if (mode == IntMode::Mid) return std::clamp(q >> shift, lv.lo, lv.hi);  // midrise bins nest exactly
+  const int half = 1 << (shift - 1);
+  return std::clamp((q + half) >> shift, lv.lo, lv.hi);  // >> floors negatives: round half up
+}
+
+std::unique_ptr<Format> parse_int(const std::vector<std::string>& tokens) {
+  auto bits = int_after(tokens[0], "int");
+  if (!bits) return nullptr;
+  SpecTokens t(tokens);
+  IntParams p;
+  p.bits = int(*bits);
+  Grouping g = Grouping::parse(t, {Grouping::Group, 128});
+  p.group = g.kind == Grouping::Group ? g.size : g.kind == Grouping::Row ? 0 : -1;
+  if (auto m = t.take_one_of({"asym", "mid"})) p.mode = *m == "asym" ? IntMode::Asym : IntMode::Mid;
+  if (auto dr = t.take_int("dr")) p.master_bits = int(*dr);
+  p.clip_search = !t.take_flag("noclip");
+  t.finish();
+  return make_int_format(p);
+}
+
+Registrar reg{FormatFamily{
+    "int", "int<b>:g<G>|row|tensor[:asym|:mid][:dr<B>][:noclip] (b = 1..8)",
+    "uniform integer grid with per-group scale (and zero point), clipping search, Double Rounding",
+    {"int8:row", "int8:g128", "int4:g128", "int4:g128:asym", "int4:g32", "int3:g32", "int2:g32", "int2:g32:asym",
+     "int2:tensor:mid", "int4:g128:dr8", "int3:g128:asym:dr8"},
+    parse_int}};
+
+}  // namespace
+
+std::unique_ptr<Format> make_int_format(const IntParams& p) { return std::make_unique<IntFormat>(p); }
+
+Packed derive_lower_bits(const Packed& master, const IntParams& mp, int bits) {
+  if (mp.master_bits) fail("Double Rounding source must be a plain int format, not a derived one");
+  if (bits < 1 || bits >= mp.bits) fail("cannot derive {} bits from a {}-bit model", bits, mp.bits);
+  const IntFormat src(mp);
+  IntParams lp = mp;
+  lp.bits = bits;
+  const IntFormat dst(lp);
+  std::vector<GroupParams> groups;
+  std::vector<int16_t> codes;
+  src.unpack(master, groups, codes);
+  const int shift = mp.bits - bits;
+  const Levels lv = levels(lp);
+  const float factor = float(1 << shift);
+  for (auto& g : groups) {
+    g.scale *= factor;  // exact in fp16/fp32 unless it overflows
+    if (mp.mode == IntMode::Asym) {
+      g.zero = reround(g.zero, shift, lv, mp.mode);
+      g.offset = float(g.zero);
+    } else if (mp.mode == IntMode::Mid) {
+      g.offset = float(lv.hi) / 2.0f;
+    }
+  }
+  for (auto& q : codes) q = int16_t(reround(q, shift, lv, mp.mode));
+  return dst.pack(groups, codes, master.rows, master.cols);
+}
+
+}  // namespace quantkit::formats
