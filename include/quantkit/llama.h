@@ -3,6 +3,7 @@
 // head. forward() takes a batch of consecutive tokens (a whole window for evaluation,
 // one token for generation).
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -22,6 +23,13 @@ struct KVCache {
   int capacity = 0;
 };
 
+// The four activations that feed a layer's linear maps (q/k/v share one, gate/up share
+// one): what calibration captures to build each weight's input Hessian.
+enum class LinearInput { Attention, AttentionOutput, Ffn, FfnDown };
+
+// Sees every linear input of a layer as it is computed: x is [n, width].
+using LinearInputObserver = std::function<void(int layer, LinearInput which, const float* x, int n, int width)>;
+
 class LlamaModel {
  public:
   // Builds the runtime from a loaded file; linear layers come from make_linear().
@@ -33,6 +41,12 @@ class LlamaModel {
   // Runs tokens[0..n) at positions pos..pos+n, appending to the cache, and writes the
   // logits of every position to logits [n, vocab].
   void forward(const int* tokens, int n, int pos, KVCache& cache, float* logits) const;
+
+  // The same computation in steps, for layer-by-layer calibration: x is [n, dim].
+  void embed(const int* tokens, int n, float* x) const;
+  void forward_layer(int layer, float* x, int n, int pos, KVCache& cache,
+                     const LinearInputObserver& observe = nullptr) const;
+  void head(const float* x, int n, float* logits) const;
 
   size_t weight_bytes() const;
   std::vector<LlamaLayer>& layers() { return layers_; }

@@ -136,45 +136,63 @@ void LlamaModel::attention(const float* q, int n, int pos, const KVCache& cache,
   });
 }
 
-void LlamaModel::forward(const int* tokens, int n, int pos, KVCache& cache, float* logits) const {
-  if (n <= 0) return;
+void LlamaModel::embed(const int* tokens, int n, float* x) const {
+  const int dim = cfg_.dim;
+  for (int t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= cfg_.vocab_size)
+      fail("token id {} is outside the vocabulary of {}", tokens[t], cfg_.vocab_size);
+    std::memcpy(x + size_t(t) * dim, &tok_embd_.data[size_t(tokens[t]) * dim], sizeof(float) * dim);
+  }
+}
+
+void LlamaModel::forward_layer(int l, float* x, int n, int pos, KVCache& cache,
+                               const LinearInputObserver& observe) const {
   if (pos < 0 || pos + n > cache.capacity)
     fail("context overflow: positions {}..{} exceed the cache of {} (model context {})", pos, pos + n - 1,
          cache.capacity, cfg_.max_seq_len);
   const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), hidden = cfg_.hidden_dim;
-  std::vector<float> x(size_t(n) * dim), xn(x.size()), q(x.size()), att(x.size()), tmp(x.size());
-  std::vector<float> gate(size_t(n) * hidden), up(gate.size());
-  for (int t = 0; t < n; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= cfg_.vocab_size)
-      fail("token id {} is outside the vocabulary of {}", tokens[t], cfg_.vocab_size);
-    std::memcpy(&x[size_t(t) * dim], &tok_embd_.data[size_t(tokens[t]) * dim], sizeof(float) * dim);
-  }
-  for (int l = 0; l < cfg_.n_layers; ++l) {
-    const LlamaLayer& L = layers_[l];
-    rms_norm(x.data(), L.attn_norm.data(), cfg_.rms_eps, n, dim, xn.data());
-    L.wq->forward(xn.data(), n, q.data());
-    float* kdst = &cache.k[l][size_t(pos) * kv_dim];
-    float* vdst = &cache.v[l][size_t(pos) * kv_dim];
-    L.wk->forward(xn.data(), n, kdst);
-    L.wv->forward(xn.data(), n, vdst);
-    rope(q.data(), n, pos, cfg_.n_heads);
-    rope(kdst, n, pos, cfg_.n_kv_heads);
-    attention(q.data(), n, pos, cache, l, att.data());
-    L.wo->forward(att.data(), n, tmp.data());
-    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+  const size_t nd = size_t(n) * dim;
+  std::vector<float> xn(nd), q(nd), att(nd), tmp(nd), gate(size_t(n) * hidden), up(gate.size());
+  const LlamaLayer& L = layers_[l];
+  rms_norm(x, L.attn_norm.data(), cfg_.rms_eps, n, dim, xn.data());
+  if (observe) observe(l, LinearInput::Attention, xn.data(), n, dim);
+  L.wq->forward(xn.data(), n, q.data());
+  float* kdst = &cache.k[l][size_t(pos) * kv_dim];
+  float* vdst = &cache.v[l][size_t(pos) * kv_dim];
+  L.wk->forward(xn.data(), n, kdst);
+  L.wv->forward(xn.data(), n, vdst);
+  rope(q.data(), n, pos, cfg_.n_heads);
+  rope(kdst, n, pos, cfg_.n_kv_heads);
+  attention(q.data(), n, pos, cache, l, att.data());
+  if (observe) observe(l, LinearInput::AttentionOutput, att.data(), n, dim);
+  L.wo->forward(att.data(), n, tmp.data());
+  for (size_t i = 0; i < nd; ++i) x[i] += tmp[i];
 
-    rms_norm(x.data(), L.ffn_norm.data(), cfg_.rms_eps, n, dim, xn.data());
-    L.w_gate->forward(xn.data(), n, gate.data());
-    L.w_up->forward(xn.data(), n, up.data());
-    for (size_t i = 0; i < gate.size(); ++i) {
-      const float g = gate[i];
-      gate[i] = g / (1.0f + std::exp(-g)) * up[i];  // SwiGLU: silu(gate) * up
-    }
-    L.w_down->forward(gate.data(), n, tmp.data());
-    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+  rms_norm(x, L.ffn_norm.data(), cfg_.rms_eps, n, dim, xn.data());
+  if (observe) observe(l, LinearInput::Ffn, xn.data(), n, dim);
+  L.w_gate->forward(xn.data(), n, gate.data());
+  L.w_up->forward(xn.data(), n, up.data());
+  for (size_t i = 0; i < gate.size(); ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];  // SwiGLU: silu(gate) * up
   }
-  rms_norm(x.data(), out_norm_.data(), cfg_.rms_eps, n, dim, xn.data());
+  if (observe) observe(l, LinearInput::FfnDown, gate.data(), n, hidden);
+  L.w_down->forward(gate.data(), n, tmp.data());
+  for (size_t i = 0; i < nd; ++i) x[i] += tmp[i];
+}
+
+void LlamaModel::head(const float* x, int n, float* logits) const {
+  std::vector<float> xn(size_t(n) * cfg_.dim);
+  rms_norm(x, out_norm_.data(), cfg_.rms_eps, n, cfg_.dim, xn.data());
   head_->forward(xn.data(), n, logits);
+}
+
+void LlamaModel::forward(const int* tokens, int n, int pos, KVCache& cache, float* logits) const {
+  if (n <= 0) return;
+  std::vector<float> x(size_t(n) * cfg_.dim);
+  embed(tokens, n, x.data());
+  for (int l = 0; l < cfg_.n_layers; ++l) forward_layer(l, x.data(), n, pos, cache);
+  head(x.data(), n, logits);
 }
 
 }  // namespace quantkit
