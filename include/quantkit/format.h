@@ -35,6 +35,29 @@ struct SymbolStream {
   std::vector<uint32_t> symbols;
 };
 
+class Format;
+
+// Second-order (GPTQ-style) quantization drives a format column block by column block,
+// feeding each block's rounding error forward into the columns not yet quantized. An
+// encoder fixes step() columns at a time; blocks may come in any order (act-order), each
+// once. Parameters of a group are chosen from the current (error-updated) weights when
+// the encoder first touches the group, unless the encoder was created with static groups.
+class ColumnEncoder {
+ public:
+  virtual ~ColumnEncoder() = default;
+  virtual int64_t step() const = 0;
+  // Columns from c on that must hold current values when encode(c) runs: a group's
+  // width for encoders that choose group parameters when they reach the group.
+  virtual int64_t lookahead() const { return step(); }
+  // Quantizes columns [c, c + step()) (c a multiple of step()). cur[r * ld + j] is the
+  // current value of column c + j of row r, for j < max(step, lookahead) within the
+  // matrix (only j < step() when blocks come out of order: act-order with static groups).
+  // Writes the dequantized columns to deq[r * step() + j].
+  virtual void encode(int64_t c, const float* cur, int64_t ld, float* deq) = 0;
+  // The packed matrix once every block has been encoded.
+  virtual Packed finish() = 0;
+};
+
 class Format {
  public:
   virtual ~Format() = default;
@@ -59,6 +82,18 @@ class Format {
 
   // The symbol streams of p (empty when the format has none worth coding).
   virtual std::vector<SymbolStream> symbols(const Packed& p) const { return {}; }
+
+  // Width of independent column blocks: quantizing the whole matrix gives, on columns
+  // [k*g, (k+1)*g), exactly what quantizing that block alone gives (groups of g inputs,
+  // llama.cpp blocks). 0 when no such width exists (row/tensor scales, shared codebooks).
+  virtual int64_t column_group(int64_t cols) const { return 0; }
+
+  // Encoder for second-order quantization. The default works for every format: blocks of
+  // column_group() columns quantized jointly, or — when the format has no independent
+  // column blocks — the whole matrix in one block (no error feedback; equals the weighted
+  // method). Formats override it to quantize column by column inside their groups.
+  virtual std::unique_ptr<ColumnEncoder> column_encoder(const float* w, int64_t rows, int64_t cols,
+                                                        const float* importance, bool static_groups) const;
 };
 
 // Parses a spec string; throws Error listing the valid forms when it is not one.

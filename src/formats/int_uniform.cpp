@@ -238,11 +238,73 @@ class IntFormat : public Format {
   }
 
   const IntParams& params() const { return p_; }
+  const Grouping& grouping() const { return grouping_; }
+
+  int64_t column_group(int64_t cols) const override {
+    return grouping_.kind == Grouping::Group && !p_.master_bits ? grouping_.size : 0;
+  }
+
+  std::unique_ptr<ColumnEncoder> column_encoder(const float* w, int64_t rows, int64_t cols, const float* imp,
+                                                bool static_groups) const override;
 
  private:
   IntParams p_;
   Grouping grouping_;
 };
+
+// GPTQ column by column: row/tensor scales are fixed from the original weights (as GPTQ
+// does); group scales are chosen from the current weights when the group is reached, or
+// from the original weights up front with static groups (act-order without g_idx).
+class IntColumnEncoder : public ColumnEncoder {
+ public:
+  IntColumnEncoder(const IntFormat& f, const float* w, int64_t rows, int64_t cols, const float* imp, bool static_groups)
+      : f_(f), rows_(rows), cols_(cols), codes_(size_t(rows * cols), 0) {
+    if (imp) imp_.assign(imp, imp + cols);
+    const Grouping& g = f.grouping();
+    gsize_ = g.kind == Grouping::Group ? g.size : cols;
+    per_row_ = g.kind == Grouping::Tensor ? 0 : (cols + gsize_ - 1) / gsize_;
+    dynamic_ = g.kind == Grouping::Group && !static_groups;
+    // Fit every group now from the original weights (used as-is unless dynamic).
+    f.encode(w, rows, cols, imp, groups_, codes_);
+  }
+  int64_t step() const override { return 1; }
+  int64_t lookahead() const override { return dynamic_ ? gsize_ : 1; }
+
+  void encode(int64_t c, const float* cur, int64_t ld, float* deq) override {
+    const Levels lv = levels(f_.params());
+    const int64_t g = c / gsize_;
+    if (dynamic_ && c % gsize_ == 0) {
+      const int64_t n = std::min(gsize_, cols_ - c);
+      std::vector<float> x(static_cast<size_t>(n));
+      for (int64_t r = 0; r < rows_; ++r) {
+        std::copy(cur + r * ld, cur + r * ld + n, x.begin());
+        groups_[size_t(r * per_row_ + g)] = fit_group(x.data(), imp_.empty() ? nullptr : imp_.data() + c, n, f_.params(), true);
+      }
+    }
+    for (int64_t r = 0; r < rows_; ++r) {
+      const GroupParams& gp = groups_[per_row_ ? size_t(r * per_row_ + g) : 0];
+      const int q = quantize_one(cur[r * ld], gp, lv);
+      codes_[size_t(r * cols_ + c)] = int16_t(q);
+      deq[r] = gp.scale * (float(q) - gp.offset);
+    }
+  }
+
+  Packed finish() override { return f_.pack(groups_, codes_, rows_, cols_); }
+
+ private:
+  const IntFormat& f_;
+  int64_t rows_, cols_, gsize_ = 0, per_row_ = 0;
+  bool dynamic_ = false;
+  std::vector<float> imp_;
+  std::vector<GroupParams> groups_;
+  std::vector<int16_t> codes_;
+};
+
+std::unique_ptr<ColumnEncoder> IntFormat::column_encoder(const float* w, int64_t rows, int64_t cols, const float* imp,
+                                                         bool static_groups) const {
+  if (p_.master_bits) return Format::column_encoder(w, rows, cols, imp, static_groups);
+  return std::make_unique<IntColumnEncoder>(*this, w, rows, cols, imp, static_groups);
+}
 
 // Second rounding of a B-bit code to b bits: divide by 2^(B-b), round half up, clamp.
 int reround(int q, int shift, Levels lv, IntMode mode) {
