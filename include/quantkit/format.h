@@ -49,11 +49,12 @@ class ColumnEncoder {
   // Columns from c on that must hold current values when encode(c) runs: a group's
   // width for encoders that choose group parameters when they reach the group.
   virtual int64_t lookahead() const { return step(); }
-  // Quantizes columns [c, c + step()) (c a multiple of step()). cur[r * ld + j] is the
-  // current value of column c + j of row r, for j < max(step, lookahead) within the
+  // Quantizes columns [c, c + step()) (c a multiple of step()). cur[r * rs + j * cs] is
+  // the current value of column c + j of row r, for j < max(step, lookahead) within the
   // matrix (only j < step() when blocks come out of order: act-order with static groups).
-  // Writes the dequantized columns to deq[r * step() + j].
-  virtual void encode(int64_t c, const float* cur, int64_t ld, float* deq) = 0;
+  // Writes the dequantized columns to deq[j * rows + r] (column-major: a column is
+  // contiguous, as the GPTQ driver stores them).
+  virtual void encode(int64_t c, const float* cur, int64_t rs, int64_t cs, float* deq) = 0;
   // The packed matrix once every block has been encoded.
   virtual Packed finish() = 0;
 };

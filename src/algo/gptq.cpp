@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "quantkit/error.h"
+#include "quantkit/thread_pool.h"
 
 namespace quantkit {
 namespace {
@@ -95,41 +96,52 @@ GptqResult gptq_quantize(const Format& format, const float* w_in, int64_t rows, 
   const std::vector<float> u = inverse_cholesky_upper(std::move(hp), cols);
 
   // Lazy batches: a multiple of the step and of the encoder's lookahead, >= opt.batch.
+  // A batch is held transposed (column-major: one column contiguous) so the per-column
+  // error feedback inside it streams through memory; later columns get the batch's
+  // errors in one SGEMM at its end.
   const int64_t unit = std::lcm(step, std::max<int64_t>(1, enc->lookahead()));
   const int64_t batch = unit * std::max<int64_t>(1, (std::max<int64_t>(opt.batch, unit) + unit - 1) / unit);
-  std::vector<float> err(size_t(rows * batch)), deq(size_t(rows * step)), diff(size_t(rows * step)), cur;
+  std::vector<float> wb(size_t(batch * rows)), err(size_t(batch * rows)), deq(size_t(step * rows)), cur;
+  ThreadPool& pool = global_pool();
   for (int64_t b0 = 0; b0 < cols; b0 += batch) {
-    const int64_t b1 = std::min(cols, b0 + batch);
+    const int64_t b1 = std::min(cols, b0 + batch), nb = b1 - b0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < nb; ++j) wb[size_t(j * rows + r)] = wp[size_t(r * cols + b0 + j)];
     for (int64_t p = b0; p < b1; p += step) {
-      const int64_t s = std::min(step, cols - p);  // last block may be short
+      const int64_t s = std::min(step, cols - p);  // the last block may be short
       const int64_t c = perm[size_t(p)];           // its first original column
+      float* col = &wb[size_t((p - b0) * rows)];
       if (natural) {
-        enc->encode(c, &wp[size_t(p)], cols, deq.data());
-      } else {  // out of order: hand over this block's columns only
-        cur.resize(size_t(rows * s));
-        for (int64_t r = 0; r < rows; ++r) std::memcpy(&cur[size_t(r * s)], &wp[size_t(r * cols + p)], size_t(s) * 4);
-        enc->encode(c, cur.data(), s, deq.data());
+        enc->encode(c, col, 1, rows, deq.data());
+      } else {  // out of order: the encoder gets this block's columns only
+        cur.assign(col, col + s * rows);
+        enc->encode(c, cur.data(), 1, rows, deq.data());
       }
-      // E = (W_b - Q_b) U_bb^-1, written into the batch's error columns.
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t j = 0; j < s; ++j)
-          diff[size_t(r * s + j)] = wp[size_t(r * cols + p + j)] - deq[size_t(r * step + j)];
-      cblas_strsm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, int(rows), int(s), 1.0f,
-                  &u[size_t(p * cols + p)], int(cols), diff.data(), int(s));
-      for (int64_t r = 0; r < rows; ++r) {
-        std::memcpy(&err[size_t(r * batch + (p - b0))], &diff[size_t(r * s)], size_t(s) * 4);
-        for (int64_t j = 0; j < s; ++j) wp[size_t(r * cols + p + j)] = deq[size_t(r * step + j)];
-      }
-      // Feed the error into the rest of this batch now.
+      // E = (W_b - Q_b) U_bb^-1 (column-major s x rows: E^T = U_bb^-T D^T).
+      float* e = &err[size_t((p - b0) * rows)];
+      for (int64_t i = 0; i < s * rows; ++i) e[i] = col[i] - deq[size_t(i)];
+      cblas_strsm(CblasRowMajor, CblasLeft, CblasUpper, CblasTrans, CblasNonUnit, int(s), int(rows), 1.0f,
+                  &u[size_t(p * cols + p)], int(cols), e, int(rows));
+      std::copy(deq.begin(), deq.begin() + s * rows, col);
+      // Feed the error into the rest of this batch now: W_k -= sum_i E_i U[p+i, k].
       const int64_t rest0 = p + s;
-      if (rest0 < b1)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(b1 - rest0), int(s), -1.0f, diff.data(),
-                    int(s), &u[size_t(p * cols + rest0)], int(cols), 1.0f, &wp[size_t(rest0)], int(cols));
+      pool.parallel_for(b1 - rest0, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = rest0 + k0; k < rest0 + k1; ++k) {
+          float* wk = &wb[size_t((k - b0) * rows)];
+          for (int64_t i = 0; i < s; ++i) {
+            const float f = u[size_t((p + i) * cols + k)];
+            const float* ei = e + i * rows;
+            for (int64_t r = 0; r < rows; ++r) wk[r] -= ei[r] * f;
+          }
+        }
+      });
     }
-    // ... and into every later column at the end of the batch (BLAS-3).
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < nb; ++j) wp[size_t(r * cols + b0 + j)] = wb[size_t(j * rows + r)];
+    // ... and into every later column at the end of the batch (BLAS-3): W -= E^T U.
     if (b1 < cols)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(cols - b1), int(b1 - b0), -1.0f,
-                  err.data(), int(batch), &u[size_t(b0 * cols + b1)], int(cols), 1.0f, &wp[size_t(b1)], int(cols));
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(rows), int(cols - b1), int(nb), -1.0f, err.data(),
+                  int(rows), &u[size_t(b0 * cols + b1)], int(cols), 1.0f, &wp[size_t(b1)], int(cols));
   }
   res.packed = enc->finish();
   if (opt.compute_objective) {

@@ -3,7 +3,6 @@
 // from the blocks as they were when encoded, which by column independence reproduces
 // every block's result exactly.
 #include <algorithm>
-#include <cstring>
 
 #include "quantkit/error.h"
 #include "quantkit/format.h"
@@ -19,18 +18,18 @@ class BlockEncoder : public ColumnEncoder {
   }
   int64_t step() const override { return width_; }
 
-  void encode(int64_t c, const float* cur, int64_t ld, float* deq) override {
+  void encode(int64_t c, const float* cur, int64_t rs, int64_t cs, float* deq) override {
     const int64_t n = std::min(width_, cols_ - c);  // a short last block keeps its own width
     std::vector<float> block(size_t(rows_ * n)), out(block.size());
-    for (int64_t r = 0; r < rows_; ++r) {
-      std::memcpy(&block[size_t(r * n)], cur + r * ld, size_t(n) * sizeof(float));
-      std::memcpy(&frozen_[size_t(r * cols_ + c)], cur + r * ld, size_t(n) * sizeof(float));
-    }
+    for (int64_t r = 0; r < rows_; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        block[size_t(r * n + j)] = cur[r * rs + j * cs];
+        frozen_[size_t(r * cols_ + c + j)] = cur[r * rs + j * cs];
+      }
     f_.dequantize(f_.quantize(block.data(), rows_, n, imp_.empty() ? nullptr : imp_.data() + c), out.data());
-    for (int64_t r = 0; r < rows_; ++r) {
-      std::memcpy(deq + r * width_, &out[size_t(r * n)], size_t(n) * sizeof(float));
-      std::fill(deq + r * width_ + n, deq + (r + 1) * width_, 0.0f);
-    }
+    std::fill(deq, deq + rows_ * width_, 0.0f);
+    for (int64_t r = 0; r < rows_; ++r)
+      for (int64_t j = 0; j < n; ++j) deq[j * rows_ + r] = out[size_t(r * n + j)];
   }
 
   Packed finish() override { return f_.quantize(frozen_.data(), rows_, cols_, imp_.empty() ? nullptr : imp_.data()); }

@@ -264,26 +264,30 @@ class IntColumnEncoder : public ColumnEncoder {
     gsize_ = g.kind == Grouping::Group ? g.size : cols;
     per_row_ = g.kind == Grouping::Tensor ? 0 : (cols + gsize_ - 1) / gsize_;
     dynamic_ = g.kind == Grouping::Group && !static_groups;
-    // Fit every group now from the original weights (used as-is unless dynamic).
-    f.encode(w, rows, cols, imp, groups_, codes_);
+    // Static parameters come from the original weights; dynamic ones are fitted later.
+    if (dynamic_) groups_.assign(size_t(rows * per_row_), {});
+    else f.encode(w, rows, cols, imp, groups_, codes_);
   }
   int64_t step() const override { return 1; }
   int64_t lookahead() const override { return dynamic_ ? gsize_ : 1; }
 
-  void encode(int64_t c, const float* cur, int64_t ld, float* deq) override {
+  void encode(int64_t c, const float* cur, int64_t rs, int64_t cs, float* deq) override {
     const Levels lv = levels(f_.params());
     const int64_t g = c / gsize_;
     if (dynamic_ && c % gsize_ == 0) {
       const int64_t n = std::min(gsize_, cols_ - c);
-      std::vector<float> x(static_cast<size_t>(n));
-      for (int64_t r = 0; r < rows_; ++r) {
-        std::copy(cur + r * ld, cur + r * ld + n, x.begin());
-        groups_[size_t(r * per_row_ + g)] = fit_group(x.data(), imp_.empty() ? nullptr : imp_.data() + c, n, f_.params(), true);
-      }
+      global_pool().parallel_for(rows_, [&](int64_t r0, int64_t r1) {
+        std::vector<float> x(static_cast<size_t>(n));
+        for (int64_t r = r0; r < r1; ++r) {
+          for (int64_t j = 0; j < n; ++j) x[size_t(j)] = cur[r * rs + j * cs];
+          groups_[size_t(r * per_row_ + g)] =
+              fit_group(x.data(), imp_.empty() ? nullptr : imp_.data() + c, n, f_.params(), true);
+        }
+      });
     }
     for (int64_t r = 0; r < rows_; ++r) {
       const GroupParams& gp = groups_[per_row_ ? size_t(r * per_row_ + g) : 0];
-      const int q = quantize_one(cur[r * ld], gp, lv);
+      const int q = quantize_one(cur[r * rs], gp, lv);
       codes_[size_t(r * cols_ + c)] = int16_t(q);
       deq[r] = gp.scale * (float(q) - gp.offset);
     }
