@@ -24,7 +24,7 @@ struct Packed {
   uint64_t bits = 0;           // exact storage; bytes.size() == ceil(bits / 8)
   std::vector<uint8_t> bytes;  // the packed bit string (LSB-first within each byte)
 
-  double bits_per_weight() const { return rows * cols ? double(bits) / double(rows * cols) : 0.0; }
+  double bits_per_weight() const { return rows && cols ? double(bits) / double(rows * cols) : 0.0; }
 };
 
 // The integer symbols inside a packed matrix (levels, codebook indices), for entropy

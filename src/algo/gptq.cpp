@@ -103,6 +103,8 @@ GptqResult gptq_quantize(const Format& format, const float* w_in, int64_t rows, 
   const int64_t batch = unit * std::max<int64_t>(1, (std::max<int64_t>(opt.batch, unit) + unit - 1) / unit);
   std::vector<float> wb(size_t(batch * rows)), err(size_t(batch * rows)), deq(size_t(step * rows)), cur;
   ThreadPool& pool = global_pool();
+  const int blas_threads = openblas_get_num_threads();
+  openblas_set_num_threads(1);
   for (int64_t b0 = 0; b0 < cols; b0 += batch) {
     const int64_t b1 = std::min(cols, b0 + batch), nb = b1 - b0;
     for (int64_t r = 0; r < rows; ++r)
@@ -138,11 +140,17 @@ GptqResult gptq_quantize(const Format& format, const float* w_in, int64_t rows, 
     }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < nb; ++j) wp[size_t(r * cols + b0 + j)] = wb[size_t(j * rows + r)];
-    // ... and into every later column at the end of the batch (BLAS-3): W -= E^T U.
+    // ... and into every later column at the end of the batch (BLAS-3): W -= E^T U. Rows
+    // are split over quantkit's pool with single-threaded OpenBLAS inside, so the two
+    // thread pools never compete for the cores.
     if (b1 < cols)
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(rows), int(cols - b1), int(nb), -1.0f, err.data(),
-                  int(rows), &u[size_t(b0 * cols + b1)], int(cols), 1.0f, &wp[size_t(b1)], int(cols));
+      pool.parallel_for(rows, [&](int64_t r0, int64_t r1) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(r1 - r0), int(cols - b1), int(nb), -1.0f,
+                    err.data() + r0, int(rows), &u[size_t(b0 * cols + b1)], int(cols), 1.0f,
+                    &wp[size_t(r0 * cols + b1)], int(cols));
+      });
   }
+  openblas_set_num_threads(blas_threads);
   res.packed = enc->finish();
   if (opt.compute_objective) {
     std::vector<float> q(size_t(rows * cols));
