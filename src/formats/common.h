@@ -101,4 +101,7 @@ double weighted_sse(const float* x, const float* y, const float* imp, int64_t n,
 // error of quantizing with scale s. Used for clipping search in scalar formats.
 float search_scale(float s_max, float min_ratio, int steps, const std::function<double(float)>& err);
 
+// Inverse CDF of N(0,1) (NormalFloat levels, Gaussian trellis codebooks).
+double normal_quantile(double p);
+
 }  // namespace quantkit::formats
