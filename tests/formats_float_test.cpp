@@ -9,6 +9,7 @@
 #include <random>
 
 #include "formats/minifloat.h"
+#include "formats_test_util.h"
 #include "quantkit/error.h"
 #include "quantkit/format.h"
 #include "quantkit/gptq.h"
@@ -25,31 +26,12 @@ const std::vector<std::string> kAllSpecs = {
     "fp4:e2m1:row",  "fp4:e2m1:tensor", "fp3:e1m1:g64",   "fp8:e3m4:g128",  "fp4:search:g128", "fp6:search:row",
     "fp8:search:tensor", "fp3:search:g64", "mxfp4",       "mxfp4:search",   "nvfp4",          "nvfp4:search"};
 
+// scale * N(0,1) from the 32-bit mt19937.
 std::vector<float> gaussian(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = scale * d(rng);
-  return v;
+  return qk_test::gaussian_mt32(n, seed, scale);
 }
-
-double sqnr_db(const std::vector<float>& w, const std::vector<float>& q) {
-  double s = 0, e = 0;
-  for (size_t i = 0; i < w.size(); ++i) {
-    s += double(w[i]) * w[i];
-    e += (double(w[i]) - q[i]) * (double(w[i]) - q[i]);
-  }
-  return 10.0 * std::log10(s / e);
-}
-
-double weighted_error(const std::vector<float>& w, const std::vector<float>& q, int64_t cols, const float* imp) {
-  double e = 0;
-  for (size_t i = 0; i < w.size(); ++i) {
-    const double d = double(w[i]) - q[i];
-    e += (imp ? imp[i % size_t(cols)] : 1.0) * d * d;
-  }
-  return e;
-}
+using qk_test::sqnr_db;
+using qk_test::weighted_error;
 
 struct RoundTrip {
   Packed packed;
@@ -73,14 +55,7 @@ std::vector<uint32_t> stream(const std::string& spec, const Packed& p, const std
   return {};
 }
 
-std::string error_of(const std::string& spec) {
-  try {
-    make_format(spec);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+std::string error_of(const std::string& spec) { return qk_test::spec_error(spec, ""); }
 
 // ---- minifloat codec ---------------------------------------------------------------------
 

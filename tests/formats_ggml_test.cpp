@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "formats/ggml_formats.h"
+#include "formats_test_util.h"
 #include "io/ggml_blocks.h"
 #include "quantkit/dtype.h"
 #include "quantkit/error.h"
@@ -32,29 +33,9 @@ const std::vector<std::string> kSpecs = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
 
 DType type_of(const std::string& spec) { return *formats::ggml_type_for_spec(spec); }
 
-std::vector<float> gaussian(size_t n, uint64_t seed, float sigma = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
-
-// sum_ij imp_j (x_ij - y_ij)^2 (imp null: 1).
-double weighted_error(const std::vector<float>& x, const std::vector<float>& y, const float* imp, int64_t cols) {
-  double e = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double d = double(x[i]) - double(y[i]);
-    e += (imp ? double(imp[i % size_t(cols)]) : 1.0) * d * d;
-  }
-  return e;
-}
-
-double sqnr_db(const std::vector<float>& x, const std::vector<float>& y) {
-  double s = 0;
-  for (float v : x) s += double(v) * v;
-  return 10.0 * std::log10(s / weighted_error(x, y, nullptr, 1));
-}
+using qk_test::gaussian;
+using qk_test::sqnr_db;
+using qk_test::weighted_error;
 
 std::vector<float> roundtrip(const Format& f, const std::vector<float>& w, int64_t rows, int64_t cols,
                              const float* imp = nullptr) {
@@ -503,7 +484,7 @@ TEST_P(FormatsGgmlEach, RepresentableBlocksComeBackExactly) {
     default: FAIL();
   }
   const std::vector<float> out = roundtrip(*make_format(GetParam()), w, 1, n);
-  EXPECT_EQ(weighted_error(w, out, nullptr, n), 0.0);
+  EXPECT_EQ(weighted_error(w, out, n, nullptr), 0.0);
 }
 
 // ---- accuracy -----------------------------------------------------------------------------
@@ -577,12 +558,12 @@ TEST_P(FormatsGgmlEach, NoWorseThanLlamaCpp) {
   const int64_t n = in.rows * in.cols;
   const float* imp = in.importance.data();
 
-  const double ours = weighted_error(in.x, roundtrip(*f, in.x, in.rows, in.cols), nullptr, in.cols);
-  const double theirs = weighted_error(in.x, decode_bytes(t, llama.plain, n), nullptr, in.cols);
+  const double ours = weighted_error(in.x, roundtrip(*f, in.x, in.rows, in.cols), in.cols, nullptr);
+  const double theirs = weighted_error(in.x, decode_bytes(t, llama.plain, n), in.cols, nullptr);
   EXPECT_LE(ours, theirs) << "plain squared error";
 
-  const double ours_w = weighted_error(in.x, roundtrip(*f, in.x, in.rows, in.cols, imp), imp, in.cols);
-  const double theirs_w = weighted_error(in.x, decode_bytes(t, llama.weighted, n), imp, in.cols);
+  const double ours_w = weighted_error(in.x, roundtrip(*f, in.x, in.rows, in.cols, imp), in.cols, imp);
+  const double theirs_w = weighted_error(in.x, decode_bytes(t, llama.weighted, n), in.cols, imp);
   EXPECT_LE(ours_w, theirs_w) << "importance-weighted error";
 }
 
@@ -596,8 +577,8 @@ TEST_P(FormatsGgmlEach, ImportanceLowersWeightedError) {
   std::vector<float> imp(size_t(cols), 1.0f);
   for (int64_t c = 3; c < cols; c += 29) imp[size_t(c)] = 1000.0f;
   const auto f = make_format(GetParam());
-  const double plain = weighted_error(w, roundtrip(*f, w, rows, cols), imp.data(), cols);
-  const double weighted = weighted_error(w, roundtrip(*f, w, rows, cols, imp.data()), imp.data(), cols);
+  const double plain = weighted_error(w, roundtrip(*f, w, rows, cols), cols, imp.data());
+  const double weighted = weighted_error(w, roundtrip(*f, w, rows, cols, imp.data()), cols, imp.data());
   EXPECT_LT(weighted, 0.8 * plain) << "plain " << plain << " weighted " << weighted;
 }
 

@@ -51,14 +51,7 @@ formats::Registrar probe_reg{FormatFamily{"probe32", "probe32", "test probe", {"
                                             return std::make_unique<Probe32>();
                                           }}};
 
-std::string error_of(const std::string& spec) {
-  try {
-    make_format(spec);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+std::string error_of(const std::string& spec) { return qk_test::spec_error(spec); }
 
 double energy(const std::vector<float>& v) {
   double e = 0;

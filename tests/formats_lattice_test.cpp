@@ -15,28 +15,11 @@ using namespace quantkit;
 using qk_test::gaussian;
 using qk_test::round_trip;
 using qk_test::sqnr_db;
+using qk_test::weighted_error;
 
 namespace {
 
-std::string error_of(const std::string& spec) {
-  try {
-    make_format(spec);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
-double weighted_error(const std::vector<float>& w, const std::vector<float>& q, const std::vector<float>& imp,
-                      int64_t rows, int64_t cols) {
-  double e = 0;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      const double d = double(w[size_t(r * cols + c)]) - q[size_t(r * cols + c)];
-      e += imp[size_t(c)] * d * d;
-    }
-  return e;
-}
+std::string error_of(const std::string& spec) { return qk_test::spec_error(spec); }
 
 // A few columns carry almost all the importance: the weighted error must drop when the
 // format is told so.
@@ -46,8 +29,8 @@ void expect_importance_helps(const std::string& spec) {
   std::vector<float> imp(cols, 1.0f);
   for (int j = 0; j < cols; j += 16) imp[size_t(j)] = 1000.0f;
   auto f = make_format(spec);
-  const double with = weighted_error(w, round_trip(*f, w, rows, cols, imp.data()), imp, rows, cols);
-  const double without = weighted_error(w, round_trip(*f, w, rows, cols), imp, rows, cols);
+  const double with = weighted_error(w, round_trip(*f, w, rows, cols, imp.data()), cols, imp.data());
+  const double without = weighted_error(w, round_trip(*f, w, rows, cols), cols, imp.data());
   EXPECT_LT(with, 0.8 * without) << spec;
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "formats_test_util.h"
 #include "quantkit/error.h"
 #include "quantkit/format.h"
 #include "quantkit/fp16.h"
@@ -21,52 +22,11 @@ using quantkit::make_format;
 using quantkit::Packed;
 
 // N(0,1) by Box-Muller from mt19937_64 (portable across standard libraries).
-std::vector<float> gaussian(size_t n, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; i += 2) {
-    const double u1 = (double(g() >> 11) + 0.5) * 0x1p-53, u2 = double(g() >> 11) * 0x1p-53;
-    const double r = std::sqrt(-2 * std::log(u1));
-    v[i] = float(r * std::cos(2 * M_PI * u2));
-    if (i + 1 < n) v[i + 1] = float(r * std::sin(2 * M_PI * u2));
-  }
-  return v;
-}
-
-double sqnr_db(const std::vector<float>& w, const std::vector<float>& q) {
-  double s = 0, e = 0;
-  for (size_t i = 0; i < w.size(); ++i) {
-    s += double(w[i]) * w[i];
-    e += (double(w[i]) - q[i]) * (double(w[i]) - q[i]);
-  }
-  return 10 * std::log10(s / e);
-}
-
-double weighted_error(const std::vector<float>& w, const std::vector<float>& q, int64_t cols,
-                      const std::vector<float>& imp) {
-  double e = 0;
-  for (size_t i = 0; i < w.size(); ++i) e += imp[i % size_t(cols)] * (double(w[i]) - q[i]) * (double(w[i]) - q[i]);
-  return e;
-}
-
-struct RoundTrip {
-  Packed p;
-  std::vector<float> q;
-};
-
-RoundTrip round_trip(const std::string& spec, const std::vector<float>& w, int64_t rows, int64_t cols,
-                     const float* imp = nullptr) {
-  const auto f = make_format(spec);
-  RoundTrip r;
-  r.p = f->quantize(w.data(), rows, cols, imp);
-  EXPECT_EQ(r.p.rows, rows) << spec;
-  EXPECT_EQ(r.p.cols, cols) << spec;
-  EXPECT_EQ(r.p.bits, f->storage_bits(rows, cols)) << spec;
-  EXPECT_EQ(r.p.bytes.size(), (r.p.bits + 7) / 8) << spec;
-  r.q.assign(w.size(), NAN);
-  f->dequantize(r.p, r.q.data());
-  return r;
-}
+const auto gaussian = qk_test::gaussian_box_muller;
+using qk_test::round_trip;
+using qk_test::sqnr_db;
+using qk_test::weighted_error;
+using RoundTrip = qk_test::SpecRoundTrip;
 
 // Bit i of a packed string (LSB-first).
 int bit_at(const Packed& p, uint64_t i) { return (p.bytes[i / 8] >> (i % 8)) & 1; }
@@ -302,8 +262,8 @@ TEST(FormatsTernaryImportance, WeightedErrorDrops) {
   }
   for (const std::string s : {"ternary:opt:g128", "ternary:opt:row", "binary:row", "binary:g128", "ptq161:p20",
                               "ptq161:p20:col", "ptq161:p0"}) {
-    const double plain = weighted_error(w, round_trip(s, w, rows, cols).q, cols, imp);
-    const double weighted = weighted_error(w, round_trip(s, w, rows, cols, imp.data()).q, cols, imp);
+    const double plain = weighted_error(w, round_trip(s, w, rows, cols).q, cols, imp.data());
+    const double weighted = weighted_error(w, round_trip(s, w, rows, cols, imp.data()).q, cols, imp.data());
     EXPECT_LT(weighted, 0.95 * plain) << s;
   }
 }

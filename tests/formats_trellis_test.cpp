@@ -15,17 +15,11 @@ using namespace quantkit;
 using qk_test::gaussian;
 using qk_test::round_trip;
 using qk_test::sqnr_db;
+using qk_test::weighted_error;
 
 namespace {
 
-std::string error_of(const std::string& spec) {
-  try {
-    make_format(spec);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+std::string error_of(const std::string& spec) { return qk_test::spec_error(spec); }
 
 // The decoding rule written out independently: weight t of a block of n k-bit symbols
 // reads the L-bit window of the cyclic bit string that ends with its own symbol.
@@ -55,17 +49,6 @@ std::vector<uint32_t> symbols_of(const Format& f, const Packed& p) {
   auto s = f.symbols(p);
   EXPECT_EQ(s.size(), 1u);
   return s[0].symbols;
-}
-
-double weighted_error(const std::vector<float>& w, const std::vector<float>& q, const std::vector<float>& imp,
-                      int64_t rows, int64_t cols) {
-  double e = 0;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      const double d = double(w[size_t(r * cols + c)]) - q[size_t(r * cols + c)];
-      e += imp[size_t(c)] * d * d;
-    }
-  return e;
 }
 
 }  // namespace
@@ -261,8 +244,8 @@ TEST(FormatsTrellis, ImportanceLowersWeightedError) {
   for (int j = 0; j < cols; j += 16) imp[size_t(j)] = 1000.0f;
   for (const char* s : {"tcq:b2:l10", "tcq:b3:l12:g64", "tcq:b2"}) {
     auto f = make_format(s);
-    const double with = weighted_error(w, round_trip(*f, w, rows, cols, imp.data()), imp, rows, cols);
-    const double without = weighted_error(w, round_trip(*f, w, rows, cols), imp, rows, cols);
+    const double with = weighted_error(w, round_trip(*f, w, rows, cols, imp.data()), cols, imp.data());
+    const double without = weighted_error(w, round_trip(*f, w, rows, cols), cols, imp.data());
     EXPECT_LT(with, 0.5 * without) << s;
   }
 }

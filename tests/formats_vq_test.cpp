@@ -16,14 +16,7 @@ using qk_test::sqnr_db;
 
 namespace {
 
-std::string error_of(const std::string& spec) {
-  try {
-    make_format(spec);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+std::string error_of(const std::string& spec) { return qk_test::spec_error(spec); }
 
 double weighted_error(const std::vector<float>& w, const std::vector<float>& q, const std::vector<float>& imp,
                       int64_t cols) {

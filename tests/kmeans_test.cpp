@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "formats/kmeans.h"
+#include "formats_test_util.h"
 #include "quantkit/error.h"
 #include "quantkit/fp16.h"
 #include "quantkit/thread_pool.h"
@@ -15,13 +16,7 @@ using namespace quantkit::formats;
 
 namespace {
 
-std::vector<float> gaussian(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
+using qk_test::gaussian;
 
 // `per` points around each of the given centres (d = centres[0].size()), noise sigma.
 std::vector<float> blobs(const std::vector<std::vector<float>>& centres, int per, float sigma, uint64_t seed) {

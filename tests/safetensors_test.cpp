@@ -14,6 +14,7 @@
 #include <random>
 #include <set>
 
+#include "formats_test_util.h"
 #include "io/model_io.h"
 #include "quantkit/error.h"
 #include "quantkit/fp16.h"
@@ -92,13 +93,7 @@ std::vector<uint8_t> view_bytes(const TensorView& v) {
   return std::vector<uint8_t>(p, p + v.nbytes);
 }
 
-std::vector<float> random_floats(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+std::vector<float> random_floats(size_t n, uint32_t seed) { return qk_test::gaussian_mt32(n, seed); }
 
 }  // namespace
 
