@@ -43,6 +43,9 @@ class Calibrator {
   int ctx() const { return ctx_; }
   // Hessians of layer l's inputs given the current hidden states (does not advance).
   LayerHessians capture(int layer) const;
+  // Hessian of the output head's input (the normalised states after the last layer);
+  // valid once every layer has been advanced.
+  InputHessian capture_head() const;
   // Runs layer l with its current weights and stores its outputs as the next inputs.
   void advance(int layer);
   // Current hidden states of one window: [ctx, dim].

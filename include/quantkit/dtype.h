@@ -13,6 +13,7 @@ enum class DType : uint32_t {
   Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
   IQ4_NL = 20, I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, BF16 = 30,
   U8 = 1000,  // not a ggml type: safetensors' U8 (packed data)
+  QK = 1001,  // not a ggml type: packed bits of a quantkit format (TensorView::format)
 };
 
 struct DTypeTraits {

@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "quantkit/format.h"
 #include "quantkit/tensor.h"
 
 namespace quantkit {
@@ -34,8 +35,28 @@ class DenseLinear : public Linear {
   Tensor w_;
 };
 
-// Builds the runtime layer for a weight tensor of any stored type. For now every type
-// is dequantized to FP32 once at load time.
+// Weights kept in their packed form (a llama.cpp block type or a quantkit format), decoded
+// to FP32 on every forward call into a per-thread scratch matrix, then one SGEMM/SGEMV.
+// Memory holds only the packed bytes; decoding costs one pass over the weights per call
+// (amortised over the n tokens of a batch). Fast per-format kernels replace this later.
+class PackedLinear : public Linear {
+ public:
+  explicit PackedLinear(const TensorView& w);  // copies the packed bytes
+  int64_t in_features() const override { return cols_; }
+  int64_t out_features() const override { return rows_; }
+  void forward(const float* x, int64_t n, float* y) const override;
+  size_t weight_bytes() const override { return packed_.bytes.size(); }
+  void decode(float* w) const;  // the FP32 weights [out, in]
+
+ private:
+  DType type_;
+  std::unique_ptr<Format> format_;  // DType::QK only
+  Packed packed_;                   // the bytes (for llama.cpp types: rows x row bytes)
+  int64_t rows_, cols_;
+};
+
+// Builds the runtime layer for a weight tensor of any stored type: plain float types
+// become DenseLinear (FP32), quantized types PackedLinear.
 std::unique_ptr<Linear> make_linear(const TensorView& w);
 
 }  // namespace quantkit

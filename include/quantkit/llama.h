@@ -47,6 +47,10 @@ class LlamaModel {
   void forward_layer(int layer, float* x, int n, int pos, KVCache& cache,
                      const LinearInputObserver& observe = nullptr) const;
   void head(const float* x, int n, float* logits) const;
+  // The head's input: RMSNorm of the last hidden states with the output norm, [n, dim].
+  void output_norm(const float* x, int n, float* out) const;
+  // Replaces the head's weights (calibration swaps in quantized ones).
+  void set_head(std::unique_ptr<Linear> head) { head_ = std::move(head); }
 
   size_t weight_bytes() const;
   std::vector<LlamaLayer>& layers() { return layers_; }

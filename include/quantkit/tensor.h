@@ -20,6 +20,11 @@ struct TensorView {
   std::vector<int64_t> shape;
   const void* data = nullptr;
   size_t nbytes = 0;
+  // type == DType::QK: the bytes are a quantkit Packed matrix of format `format` over
+  // [rows, stored_cols]; stored_cols > cols when columns were zero-padded to the format's
+  // block (the padding is dropped on decoding). See quantkit/packed_tensor.h.
+  std::string format;
+  int64_t stored_cols = 0;
 
   int64_t numel() const { return shape_numel(shape); }
 };

@@ -37,29 +37,52 @@ Calibrator::Calibrator(const LlamaModel& model, const std::vector<int>& tokens, 
   }
 }
 
+namespace {
+
+// H += X^T X (upper triangle), FP64; x is [n, width].
+void accumulate(InputHessian& h, const float* x, int n, int width, std::vector<double>& xd) {
+  if (h.xtx.empty()) {
+    h.width = width;
+    h.xtx.assign(size_t(width) * width, 0.0);
+  }
+  xd.assign(x, x + size_t(n) * width);
+  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, width, n, 1.0, xd.data(), width, 1.0, h.xtx.data(), width);
+  h.tokens += n;
+}
+
+void symmetrize(InputHessian& h) {
+  for (int i = 0; i < h.width; ++i)
+    for (int j = 0; j < i; ++j) h.xtx[size_t(i) * h.width + j] = h.xtx[size_t(j) * h.width + i];
+}
+
+}  // namespace
+
 LayerHessians Calibrator::capture(int layer) const {
   LayerHessians out;
   std::vector<double> xd;
   KVCache cache = model_.make_cache(ctx_);
   auto observe = [&](int, LinearInput which, const float* x, int n, int width) {
-    InputHessian& h = out.inputs[size_t(which)];
-    if (h.xtx.empty()) {
-      h.width = width;
-      h.xtx.assign(size_t(width) * width, 0.0);
-    }
-    xd.assign(x, x + size_t(n) * width);
-    // H += X^T X (upper triangle), FP64.
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, width, n, 1.0, xd.data(), width, 1.0, h.xtx.data(), width);
-    h.tokens += n;
+    accumulate(out.inputs[size_t(which)], x, n, width, xd);
   };
   for (size_t w = 0; w < windows_.size(); ++w) {
     std::vector<float> x = hidden_[w];  // capture must not advance the states
     model_.forward_layer(layer, x.data(), ctx_, 0, cache, observe);
   }
-  for (auto& h : out.inputs)
-    for (int i = 0; i < h.width; ++i)
-      for (int j = 0; j < i; ++j) h.xtx[size_t(i) * h.width + j] = h.xtx[size_t(j) * h.width + i];
+  for (auto& h : out.inputs) symmetrize(h);
   return out;
+}
+
+InputHessian Calibrator::capture_head() const {
+  InputHessian h;
+  std::vector<double> xd;
+  const int dim = model_.config().dim;
+  std::vector<float> xn(size_t(ctx_) * dim);
+  for (const auto& x : hidden_) {
+    model_.output_norm(x.data(), ctx_, xn.data());
+    accumulate(h, xn.data(), ctx_, dim, xd);
+  }
+  symmetrize(h);
+  return h;
 }
 
 void Calibrator::advance(int layer) {

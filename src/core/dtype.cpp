@@ -52,6 +52,8 @@ const DTypeTraits kTraits[] = {
     {DType::I32, "i32", 1, 4, int_to_float<int32_t>},
     {DType::I64, "i64", 1, 8, int_to_float<int64_t>},
     {DType::U8, "u8", 1, 1, int_to_float<uint8_t>},
+    // Decoding needs the format (TensorView::format): to_float() handles it.
+    {DType::QK, "quantkit", 1, 1, nullptr},
 };
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "quantkit/error.h"
+#include "quantkit/packed_tensor.h"
 
 namespace quantkit {
 
@@ -15,6 +16,7 @@ int64_t shape_numel(const std::vector<int64_t>& shape) {
 std::string shape_str(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
 Tensor to_float(const TensorView& v) {
+  if (v.type == DType::QK) return dequantize_packed(v);
   Tensor t(v.shape);
   const auto* tr = dtype_traits(uint32_t(v.type));
   if (!tr || !tr->to_float) fail("tensor {}: type {} cannot be converted to float", v.name, uint32_t(v.type));

@@ -39,6 +39,11 @@ constexpr const char* kAddBos = "tokenizer.ggml.add_bos_token";
 constexpr const char* kAddSpace = "tokenizer.ggml.add_space_prefix";
 }  // namespace key
 
+// Tensors in a quantkit format are stored as 1-D I8 byte arrays; these keys give each
+// one's format spec and [rows, cols, stored_cols].
+std::string packed_format_key(const std::string& tensor) { return "quantkit.packed." + tensor + ".format"; }
+std::string packed_shape_key(const std::string& tensor) { return "quantkit.packed." + tensor + ".shape"; }
+
 // Typed metadata access that names the file and key on any failure, and records which
 // keys were consumed (the rest go to ModelFile::metadata).
 class Meta {
@@ -213,6 +218,25 @@ void copy_other_metadata(const Meta& meta, ModelFile& m) {
   }
 }
 
+// Turns the I8 byte arrays that hold quantkit-format tensors back into packed views.
+void unpack_quantkit_tensors(Meta& meta, ModelFile& m) {
+  for (TensorView& t : m.tensors) {
+    const std::string fk = packed_format_key(t.name), sk = packed_shape_key(t.name);
+    const GgufValue* format = meta.find(fk.c_str());
+    if (!format) continue;
+    const std::vector<int64_t> shape =
+        meta.convert(sk.c_str(), meta.get(sk.c_str()), [](const GgufValue& v) { return v.as_int_array(); });
+    if (shape.size() != 3 || shape[0] < 1 || shape[1] < 1 || shape[2] < shape[1])
+      fail("{}: metadata '{}' must be [rows, cols, stored_cols]", m.path, sk);
+    if (t.type != DType::I8 || t.shape.size() != 1)
+      fail("{}: tensor '{}' holds quantkit-format bits but is not a 1-D i8 array", m.path, t.name);
+    t.type = DType::QK;
+    t.format = meta.convert(fk.c_str(), *format, [](const GgufValue& v) { return v.as_string(); });
+    t.shape = {shape[0], shape[1]};
+    t.stored_cols = shape[2];
+  }
+}
+
 // ---- saving ---------------------------------------------------------------------------
 
 // ggml's LLAMA_FTYPE for a model whose matrices are mostly `t` (-1: none fits).
@@ -312,7 +336,16 @@ bool is_qk_weight(const std::string& name) {
 void add_tensors(GgufWriter& w, const ModelFile& m, std::vector<std::vector<uint8_t>>& owned) {
   owned.reserve(2 * size_t(m.config.n_layers));
   for (const auto& t : m.tensors) {
-    if (m.config.rope_style != RopeStyle::Normal && is_qk_weight(t.name)) {
+    if (t.type == DType::QK) {
+      // Q/K rows of a packed tensor cannot be permuted: quantize() stores them in the
+      // Normal layout already.
+      if (m.config.rope_style != RopeStyle::Normal && is_qk_weight(t.name))
+        fail("tensor '{}' is packed in the NeoX rope layout; GGUF needs the Normal layout", t.name);
+      w.set(packed_format_key(t.name), GgufValue::string(t.format));
+      w.set(packed_shape_key(t.name),
+            GgufValue::array(std::vector<int64_t>{t.shape.at(0), t.shape.at(1), t.stored_cols ? t.stored_cols : t.shape.at(1)}));
+      w.add_tensor(t.name, DType::I8, {int64_t(t.nbytes)}, t.data, t.nbytes);
+    } else if (m.config.rope_style != RopeStyle::Normal && is_qk_weight(t.name)) {
       bool is_q = t.name.find(".attn_q.") != std::string::npos;
       int heads = is_q ? m.config.n_heads : m.config.n_kv_heads;
       owned.push_back(permute_qk_rows(t, heads, m.config.rope_style, RopeStyle::Normal));
@@ -335,6 +368,7 @@ ModelFile load_gguf_model(const std::string& path) {
   m.container = "gguf";
   m.tensors = reader.tensors();
   m.storage.push_back(reader.mapping());
+  unpack_quantkit_tensors(meta, m);
   m.vocab = load_vocab(meta, m);
   m.config = load_config(meta, m);
   copy_other_metadata(meta, m);

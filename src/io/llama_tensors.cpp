@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "quantkit/error.h"
+#include "quantkit/packed_tensor.h"
 
 namespace quantkit {
 
@@ -34,6 +35,17 @@ namespace {
 void check_tensor_bytes(const ModelFile& m, const TensorView& t) {
   const DTypeTraits* tr = dtype_traits(uint32_t(t.type));
   if (!tr) fail("{}: tensor '{}' has unknown type id {}", m.path, t.name, uint32_t(t.type));
+  if (t.type == DType::QK) {
+    uint64_t need = 0;
+    try {
+      need = packed_tensor_bytes(t);
+    } catch (const Error& e) {
+      fail("{}: {}", m.path, e.what());
+    }
+    if (t.nbytes != need)
+      fail("{}: tensor '{}' ({}) holds {} bytes, the format needs exactly {}", m.path, t.name, t.format, t.nbytes, need);
+    return;
+  }
   int64_t cols = t.shape.empty() ? 1 : t.shape.back();
   if (cols % tr->block_size != 0)
     fail("{}: tensor '{}': row length {} is not a multiple of the {} block size {}", m.path, t.name, cols,
@@ -65,6 +77,7 @@ std::vector<uint8_t> permute_qk_rows(const TensorView& t, int n_heads, RopeStyle
     fail("tensor '{}': shape {} cannot be split into {} heads", t.name, shape_str(t.shape), n_heads);
   const int64_t rows = t.shape[0], head_dim = rows / n_heads, half = head_dim / 2;
   if (head_dim % 2 != 0) fail("tensor '{}': head dim {} is odd: RoPE needs an even head size", t.name, head_dim);
+  if (t.type == DType::QK) fail("tensor '{}': rows of a quantkit-format tensor cannot be permuted", t.name);
   const DTypeTraits* tr = dtype_traits(uint32_t(t.type));
   if (!tr || t.shape[1] % tr->block_size != 0)
     fail("tensor '{}': rows of {} elements do not split into blocks of type id {}", t.name, t.shape[1],

@@ -181,9 +181,13 @@ void LlamaModel::forward_layer(int l, float* x, int n, int pos, KVCache& cache,
   for (size_t i = 0; i < nd; ++i) x[i] += tmp[i];
 }
 
+void LlamaModel::output_norm(const float* x, int n, float* out) const {
+  rms_norm(x, out_norm_.data(), cfg_.rms_eps, n, cfg_.dim, out);
+}
+
 void LlamaModel::head(const float* x, int n, float* logits) const {
   std::vector<float> xn(size_t(n) * cfg_.dim);
-  rms_norm(x, out_norm_.data(), cfg_.rms_eps, n, cfg_.dim, xn.data());
+  output_norm(x, n, xn.data());
   head_->forward(xn.data(), n, logits);
 }
 

@@ -1,0 +1,291 @@
+// quantize_model: the data flow of `quantkit quantize`. Tensors are planned, then
+// quantized one by one; with calibration, layer by layer: capture the layer's input
+// Hessians on the current hidden states, quantize its seven matrices, swap the quantized
+// weights into the FP model and advance the hidden states through it.
+#include <cblas.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "formats/ggml_formats.h"
+#include "io/llama_tensors.h"
+#include "quantkit/error.h"
+#include "quantkit/fp16.h"
+#include "quantkit/packed_tensor.h"
+#include "quantkit/quantize.h"
+
+namespace quantkit {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One output tensor: its view and the bytes it points to, the decoded weights (to run
+// the next calibration step on the quantized layer) and its report row.
+struct QuantizedTensor {
+  TensorView view;
+  std::shared_ptr<std::vector<uint8_t>> bytes;
+  Tensor decoded;
+  TensorReport report;
+};
+
+std::vector<float> pad_columns(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t stored) {
+  if (stored == cols) return w;
+  std::vector<float> out(static_cast<size_t>(rows * stored), 0.0f);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(&out[size_t(r * stored)], &w[size_t(r * cols)], size_t(cols) * 4);
+  return out;
+}
+
+void fill_errors(TensorReport& rep, const Tensor& w, const Tensor& q, const std::vector<float>& importance) {
+  const int64_t cols = w.cols();
+  double err = 0, ref = 0, werr = 0, wref = 0;
+  for (int64_t i = 0; i < w.numel(); ++i) {
+    const double d = double(w.data[size_t(i)]) - q.data[size_t(i)], x = w.data[size_t(i)];
+    const double imp = importance.empty() ? 1.0 : importance[size_t(i % cols)];
+    err += d * d, ref += x * x, werr += imp * d * d, wref += imp * x * x;
+  }
+  rep.weighted_rel_error = wref > 0 ? werr / wref : 0;
+  rep.sqnr_db = err > 0 ? 10 * std::log10(ref / err) : INFINITY;
+}
+
+TensorView view_of(const TensorView& src, DType type, const std::vector<uint8_t>& bytes) {
+  TensorView v;
+  v.name = src.name;
+  v.type = type;
+  v.shape = src.shape;
+  v.data = bytes.data();
+  v.nbytes = bytes.size();
+  return v;
+}
+
+QuantizedTensor store_float(const TensorView& src, const Tensor& w, DType type) {
+  QuantizedTensor q;
+  q.bytes = std::make_shared<std::vector<uint8_t>>(size_t(w.numel()) * dtype_traits(type).type_size);
+  q.decoded = w;
+  for (size_t i = 0; i < w.data.size(); ++i) {
+    float& d = q.decoded.data[i];
+    if (type == DType::F32) continue;
+    const uint16_t h = type == DType::F16 ? f32_to_f16(d) : f32_to_bf16(d);
+    std::memcpy(q.bytes->data() + 2 * i, &h, 2);
+    d = type == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+  }
+  if (type == DType::F32) std::memcpy(q.bytes->data(), w.data.data(), q.bytes->size());
+  q.view = view_of(src, type, *q.bytes);
+  return q;
+}
+
+QuantizedTensor store_packed(const TensorView& src, const Format& f, int64_t stored_cols, Packed packed) {
+  QuantizedTensor q;
+  const int64_t cols = src.shape[1];
+  q.decoded = Tensor(src.shape);
+  dequantize_cropped(f, packed, cols, q.decoded.data.data());
+  q.bytes = std::make_shared<std::vector<uint8_t>>(std::move(packed.bytes));
+  q.view = view_of(src, DType::QK, *q.bytes);
+  if (auto ggml = formats::ggml_type_for_spec(f.spec())) {
+    q.view.type = *ggml;  // the packed bytes are ggml's blocks: a plain llama.cpp tensor
+  } else {
+    q.view.format = f.spec();
+    q.view.stored_cols = stored_cols;
+  }
+  return q;
+}
+
+// The calibration Hessian (mean x x^T) zero-padded to `cols` inputs.
+std::vector<double> padded_hessian(const InputHessian& h, int64_t cols) {
+  const std::vector<double> mean = h.mean();
+  std::vector<double> out(static_cast<size_t>(cols * cols), 0.0);
+  for (int64_t i = 0; i < h.width; ++i)
+    std::copy(&mean[size_t(i * h.width)], &mean[size_t(i * h.width)] + h.width, &out[size_t(i * cols)]);
+  return out;
+}
+
+// tr((W-Q) H (W-Q)^T) / rows on at most 256 evenly spaced rows (an unbiased estimate that
+// costs one small DGEMM; candidates are compared on the same rows).
+double hessian_error(const Format& f, const std::vector<float>& w, const Packed& p, const std::vector<double>& h) {
+  const int64_t rows = p.rows, cols = p.cols, stride = std::max<int64_t>(1, rows / 256);
+  std::vector<float> q(static_cast<size_t>(rows * cols));
+  f.dequantize(p, q.data());
+  const int64_t n = (rows + stride - 1) / stride;
+  std::vector<double> e(static_cast<size_t>(n * cols)), eh(e.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      e[size_t(i * cols + j)] = double(w[size_t(i * stride * cols + j)]) - q[size_t(i * stride * cols + j)];
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(cols), int(cols), 1.0, e.data(), int(cols),
+              h.data(), int(cols), 0.0, eh.data(), int(cols));
+  double total = 0;
+  for (size_t i = 0; i < e.size(); ++i) total += e[i] * eh[i];
+  return total / double(n);
+}
+
+// Quantizes one tensor according to its plan. h: its input Hessian (null: uncalibrated).
+QuantizedTensor quantize_tensor(const TensorView& src, const TensorPlan& plan, QuantMethod method,
+                                const InputHessian* h, const GptqOptions& gptq) {
+  const auto t0 = Clock::now();
+  const Tensor w = to_float(src);
+  QuantizedTensor q;
+  std::vector<float> importance;
+  if (h && h->width == src.shape.back()) importance = h->importance();
+  else h = nullptr;
+  const QuantMethod used = h ? method : QuantMethod::Rtn;
+  QuantMethod picked = used;
+  switch (plan.kind) {
+    case TensorPlan::Keep:
+      q.view = src;
+      q.decoded = w;
+      break;
+    case TensorPlan::Float:
+      q = store_float(src, w, dtype_from_name(plan.spec));
+      break;
+    case TensorPlan::Quantize: {
+      const int64_t rows = src.shape[0], cols = src.shape[1], sc = plan.stored_cols;
+      std::unique_ptr<Format> f = make_format(plan.spec);
+      const std::vector<float> wp = pad_columns(w.data, rows, cols, sc);
+      std::vector<float> imp = importance;
+      imp.resize(importance.empty() ? 0 : size_t(sc), 0.0f);  // padding columns carry no weight
+      std::vector<double> hp;
+      if (h) hp = padded_hessian(*h, sc);
+      // Candidates, best first by intent; with a Hessian the one with the lowest output
+      // error tr((W-Q) H (W-Q)^T) is kept: the diagonal importance only approximates H and
+      // can lose to plain rounding (seen with binary/ternary grids on aidreams260K).
+      Packed packed = f->quantize(wp.data(), rows, sc, nullptr);
+      if (used != QuantMethod::Rtn) {
+        double best = hessian_error(*f, wp, packed, hp);
+        auto consider = [&](Packed cand, QuantMethod m) {
+          const double e = hessian_error(*f, wp, cand, hp);
+          if (e <= best) best = e, packed = std::move(cand), picked = m;
+        };
+        picked = QuantMethod::Rtn;
+        consider(f->quantize(wp.data(), rows, sc, imp.data()), QuantMethod::Weighted);
+        if (used == QuantMethod::Gptq) consider(gptq_quantize(*f, wp.data(), rows, sc, hp.data(), gptq).packed, QuantMethod::Gptq);
+      }
+      q = store_packed(src, *f, sc, std::move(packed));
+      break;
+    }
+  }
+  TensorReport& rep = q.report;
+  rep.name = src.name;
+  rep.plan = plan;
+  rep.rows = src.shape.size() == 2 ? src.shape[0] : 1;
+  rep.cols = src.shape.back();
+  rep.bits_per_weight = 8.0 * double(q.view.nbytes) / double(src.numel());
+  rep.calibrated = h != nullptr;
+  rep.method = plan.kind == TensorPlan::Quantize ? method_name(picked) : "-";
+  fill_errors(rep, w, q.decoded, importance);
+  rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return q;
+}
+
+// GGUF stores Q/K in the Normal rope layout; packed rows cannot be permuted after the fact,
+// so a NeoX (Hugging Face) model is brought to the Normal layout before quantizing.
+ModelFile normal_rope_layout(const ModelFile& in) {
+  ModelFile m = in;
+  if (in.config.rope_style == RopeStyle::Normal) return m;
+  for (TensorView& t : m.tensors) {
+    const bool q = t.name.ends_with(".attn_q.weight"), k = t.name.ends_with(".attn_k.weight");
+    if (!q && !k) continue;
+    auto bytes = std::make_shared<std::vector<uint8_t>>(
+        permute_qk_rows(t, q ? in.config.n_heads : in.config.n_kv_heads, in.config.rope_style, RopeStyle::Normal));
+    t.data = bytes->data();
+    t.nbytes = bytes->size();
+    m.storage.push_back(bytes);
+  }
+  m.config.rope_style = RopeStyle::Normal;
+  return m;
+}
+
+// The input each linear weight of a layer sees.
+std::optional<LinearInput> input_of(const std::string& name) {
+  static const std::pair<const char*, LinearInput> kInputs[] = {
+      {".attn_q.weight", LinearInput::Attention},       {".attn_k.weight", LinearInput::Attention},
+      {".attn_v.weight", LinearInput::Attention},       {".attn_output.weight", LinearInput::AttentionOutput},
+      {".ffn_gate.weight", LinearInput::Ffn},           {".ffn_up.weight", LinearInput::Ffn},
+      {".ffn_down.weight", LinearInput::FfnDown}};
+  for (const auto& [suffix, which] : kInputs)
+    if (name.ends_with(suffix)) return which;
+  return std::nullopt;
+}
+
+// Swaps a quantized layer weight into the calibration model.
+void install(LlamaLayer& L, const std::string& name, Tensor w) {
+  std::unique_ptr<Linear>* slot = name.ends_with(".attn_q.weight")        ? &L.wq
+                                  : name.ends_with(".attn_k.weight")      ? &L.wk
+                                  : name.ends_with(".attn_v.weight")      ? &L.wv
+                                  : name.ends_with(".attn_output.weight") ? &L.wo
+                                  : name.ends_with(".ffn_gate.weight")    ? &L.w_gate
+                                  : name.ends_with(".ffn_up.weight")      ? &L.w_up
+                                  : name.ends_with(".ffn_down.weight")    ? &L.w_down
+                                                                          : nullptr;
+  if (slot) *slot = std::make_unique<DenseLinear>(std::move(w));
+}
+
+}  // namespace
+
+QuantizeResult quantize_model(const ModelFile& in, const QuantizeOptions& opt, const std::vector<int>* calib_tokens,
+                              int bos, const QuantizeProgress& progress) {
+  const auto t0 = Clock::now();
+  const ModelFile src = normal_rope_layout(in);
+  std::vector<TensorPlan> plans;
+  for (const TensorView& t : src.tensors) plans.push_back(plan_tensor(t, opt));
+
+  std::map<std::string, QuantizedTensor> done;
+  QuantizeResult res;
+  // Quantizes tensor i; returns its decoded weights, which are not kept (memory).
+  auto run = [&](size_t i, const InputHessian* h) {
+    QuantizedTensor& q = done[src.tensors[i].name];
+    q = quantize_tensor(src.tensors[i], plans[i], opt.method, h, opt.gptq);
+    return std::move(q.decoded);
+  };
+  auto index_of = [&](const std::string& name) {
+    for (size_t i = 0; i < src.tensors.size(); ++i)
+      if (src.tensors[i].name == name) return i;
+    fail("{}: tensor '{}' is missing", src.path, name);
+  };
+
+  if (opt.method != QuantMethod::Rtn) {
+    if (!calib_tokens) fail("method {} needs calibration text (--calib FILE)", method_name(opt.method));
+    LlamaModel model(src);
+    Calibrator cal(model, *calib_tokens, bos, opt.calibration);
+    res.calibration_windows = cal.windows();
+    res.calibration_tokens = int64_t(cal.windows()) * cal.ctx();
+    const int n_layers = src.config.n_layers;
+    for (int l = 0; l < n_layers; ++l) {
+      if (progress) progress("layer", l, n_layers, llama_tensor_name(l, "*"));
+      const LayerHessians hs = cal.capture(l);
+      const std::string prefix = "blk." + std::to_string(l) + ".";
+      for (size_t i = 0; i < src.tensors.size(); ++i) {
+        const std::string& name = src.tensors[i].name;
+        if (!name.starts_with(prefix)) continue;
+        auto which = input_of(name);
+        Tensor decoded = run(i, which ? &hs.of(*which) : nullptr);
+        if (which) install(model.layers()[size_t(l)], name, std::move(decoded));
+      }
+      cal.advance(l);
+    }
+    if (progress) progress("layer", n_layers, n_layers, "output");
+    if (!src.config.tied_embeddings) {
+      const InputHessian head = cal.capture_head();
+      run(index_of("output.weight"), &head);
+    }
+  }
+  for (size_t i = 0; i < src.tensors.size(); ++i) {
+    if (done.count(src.tensors[i].name)) continue;
+    if (progress) progress("tensor", int(i), int(src.tensors.size()), src.tensors[i].name);
+    run(i, nullptr);
+  }
+
+  res.model = src;
+  res.model.tensors.clear();
+  for (const TensorView& t : src.tensors) {
+    QuantizedTensor& q = done.at(t.name);
+    res.input_bytes += in.find(t.name)->nbytes;
+    res.output_bytes += q.view.nbytes;
+    res.model.tensors.push_back(q.view);
+    if (q.bytes) res.model.storage.push_back(q.bytes);
+    res.tensors.push_back(std::move(q.report));
+  }
+  res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace quantkit

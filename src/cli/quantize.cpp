@@ -1,0 +1,182 @@
+// quantkit quantize: a model in, a smaller model out (GGUF, quantkit's .qk, safetensors),
+// with a per-tensor table and, with --eval, perplexity and KL divergence against the input.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/command.h"
+#include "cli/common.h"
+#include "io/model_io.h"
+#include "quantkit/error.h"
+#include "quantkit/eval.h"
+#include "quantkit/quantize.h"
+
+namespace quantkit::cli {
+namespace {
+
+struct QuantizeArgs {
+  ModelArgs model;
+  QuantizeOptions opt;
+  std::string format, method = "rtn", calib, out, eval_text, separator;
+  std::string embedding_format = "q8_0", safetensors_dtype = "f16";
+  std::vector<std::string> skip, keep_f16, overrides;
+  int64_t calib_tokens = 0;
+  int ctx = 0, eval_ctx = 0, split = 0;
+  bool json = false, no_act_order = false;
+};
+
+enum class OutputKind { Gguf, Safetensors };
+
+OutputKind output_kind(const std::string& path) {
+  const std::string ext = std::filesystem::path(path).extension().string();
+  if (ext == ".gguf" || ext == ".qk") return OutputKind::Gguf;
+  if (ext == ".safetensors" || ext.empty() || std::filesystem::is_directory(path)) return OutputKind::Safetensors;
+  fail("{}: unknown output type '{}' (use .gguf, .qk, or a folder / .safetensors for safetensors)", path, ext);
+}
+
+QuantizeOptions options_of(const QuantizeArgs& a, int model_ctx) {
+  QuantizeOptions o;
+  o.format = a.split > 1 ? fmt::format("split{}:{}", a.split, a.format) : a.format;
+  make_format(o.format);  // a bad spec fails before any work
+  o.method = method_from_name(a.method);
+  o.embedding_format = a.embedding_format;
+  for (const auto& p : a.skip) o.rules.push_back(TensorRule::parse(p + "=keep"));
+  for (const auto& p : a.keep_f16) o.rules.push_back(TensorRule::parse(p + "=f16"));
+  for (const auto& r : a.overrides) o.rules.push_back(TensorRule::parse(r));
+  o.calibration.ctx = a.ctx ? a.ctx : std::min(256, model_ctx);
+  if (a.calib_tokens) o.calibration.windows = int(std::max<int64_t>(1, a.calib_tokens / o.calibration.ctx));
+  o.gptq.act_order = !a.no_act_order;
+  return o;
+}
+
+void write_output(const QuantizeResult& r, const std::string& path, const std::string& st_dtype) {
+  if (output_kind(path) == OutputKind::Gguf) {
+    save_gguf_model(r.model, path);
+    return;
+  }
+  std::string dir = path;
+  if (std::filesystem::path(path).extension() == ".safetensors") dir = std::filesystem::path(path).parent_path().string();
+  save_safetensors_model(r.model, dir.empty() ? "." : dir, dtype_from_name(st_dtype));
+}
+
+nlohmann::json tensor_json(const TensorReport& t) {
+  return {{"name", t.name},
+          {"requested", t.plan.requested},
+          {"format", t.plan.spec},
+          {"note", t.plan.note},
+          {"shape", {t.rows, t.cols}},
+          {"bits_per_weight", t.bits_per_weight},
+          {"method", t.method},
+          {"calibrated", t.calibrated},
+          {"weighted_rel_error", t.weighted_rel_error},
+          {"sqnr_db", std::isfinite(t.sqnr_db) ? nlohmann::json(t.sqnr_db) : nlohmann::json(nullptr)},
+          {"seconds", t.seconds}};
+}
+
+void print_table(const QuantizeResult& r) {
+  std::printf("%-26s %-14s %-10s %7s %-8s %10s %8s  %s\n", "tensor", "format", "shape", "bits/w", "method",
+              "rel.err", "SQNR dB", "note");
+  for (const auto& t : r.tensors) {
+    const std::string shape = fmt::format("{}x{}", t.rows, t.cols);
+    std::printf("%-26s %-14s %-10s %7.3f %-8s %10.3e %8.2f  %s\n", t.name.c_str(), t.plan.spec.c_str(),
+                shape.c_str(), t.bits_per_weight, t.method.c_str(), t.weighted_rel_error,
+                std::isfinite(t.sqnr_db) ? t.sqnr_db : 999.0, t.plan.note.c_str());
+  }
+}
+
+int run_quantize(QuantizeArgs& a) {
+  ModelFile in = a.model.load();
+  QuantizeOptions opt = options_of(a, in.config.max_seq_len);
+  std::vector<int> calib;
+  int bos = 1;
+  if (opt.method != QuantMethod::Rtn) {
+    if (a.calib.empty()) fail("--method {} needs --calib FILE (calibration text)", a.method);
+    Tokenizer tok = tokenizer_of(in);
+    calib = tok.encode(read_text(a.calib, a.separator), true);
+    bos = tok.bos();
+  }
+  output_kind(a.out);  // a bad output name fails before any work
+  Progress layers("quantize: layer", in.config.n_layers), tensors("quantize: tensor", int64_t(in.tensors.size()));
+  QuantizeResult r = quantize_model(in, opt, calib.empty() ? nullptr : &calib, bos,
+                                    [&](const char* stage, int done, int, const std::string&) {
+                                      (std::string(stage) == "layer" ? layers : tensors).update(done);
+                                    });
+  tensors.finish();
+  write_output(r, a.out, a.safetensors_dtype);
+
+  int quantkit_only = 0;
+  for (const auto& t : r.model.tensors) quantkit_only += t.type == DType::QK;
+  if (quantkit_only && output_kind(a.out) == OutputKind::Gguf && a.out.ends_with(".gguf"))
+    std::fprintf(stderr, "note: %d tensors use quantkit formats that llama.cpp cannot read; %s loads in quantkit\n",
+                 quantkit_only, a.out.c_str());
+
+  EvalResult ev;
+  const bool eval = !a.eval_text.empty();
+  if (eval) {
+    ModelFile qfile = load_model(a.out);
+    LlamaModel qmodel(qfile), ref(in);
+    Tokenizer tok = tokenizer_of(qfile);
+    const std::vector<int> tokens = tok.encode(read_text(a.eval_text, a.separator), true);
+    EvalOptions eo;
+    eo.ctx = a.eval_ctx ? a.eval_ctx : in.config.max_seq_len;
+    Progress progress("eval: window", count_windows(int64_t(tokens.size()), eo), "tokens");
+    ev = evaluate(qmodel, &ref, tokens, tok.bos(), eo, [&](int done, int) { progress.update(done, 2.0 * done * eo.ctx); });
+    progress.finish();
+  }
+
+  const double bits = 8.0 * double(r.output_bytes);
+  int64_t n_params = 0;
+  for (const auto& t : r.tensors) n_params += t.rows * t.cols;
+  if (a.json) {
+    nlohmann::json j = {{"model", a.model.model}, {"output", a.out}, {"format", opt.format},
+                        {"method", a.method}, {"input_bytes", r.input_bytes}, {"output_bytes", r.output_bytes},
+                        {"bits_per_weight", bits / double(n_params)}, {"seconds", r.seconds},
+                        {"calibration", {{"windows", r.calibration_windows}, {"tokens", r.calibration_tokens}}}};
+    for (const auto& t : r.tensors) j["tensors"].push_back(tensor_json(t));
+    if (eval)
+      j["eval"] = {{"text", a.eval_text}, {"ctx", ev.ctx}, {"perplexity", ev.llamacpp.ppl},
+                   {"perplexity_all_tokens", ev.all_tokens.ppl}, {"kl_mean", ev.kl.mean},
+                   {"kl_p99", ev.kl.p99}, {"top1_agreement", ev.kl.top1_agreement}};
+    print_json(j);
+    return 0;
+  }
+  print_table(r);
+  std::printf("\n%s -> %s: %s, method %s\n", a.model.model.c_str(), a.out.c_str(), opt.format.c_str(), a.method.c_str());
+  std::printf("size %.3f MB -> %.3f MB (%.2fx), %.3f bits/weight overall, %.2f s", r.input_bytes / 1e6,
+              r.output_bytes / 1e6, double(r.input_bytes) / double(r.output_bytes), bits / double(n_params), r.seconds);
+  if (r.calibration_windows)
+    std::printf(", calibrated on %d windows (%lld tokens)", r.calibration_windows, (long long)r.calibration_tokens);
+  std::printf("\n");
+  if (eval)
+    std::printf("eval %s: PPL %.4f (llama.cpp convention), all-tokens %.4f, KL mean %.6f, p99 %.6f, top-1 %.2f%%\n",
+                a.eval_text.c_str(), ev.llamacpp.ppl, ev.all_tokens.ppl, ev.kl.mean, ev.kl.p99,
+                100 * ev.kl.top1_agreement);
+  return 0;
+}
+
+Register reg({"quantize", "quantize a model to a format with rtn, weighted or gptq", [](CLI::App& app) {
+  auto a = std::make_shared<QuantizeArgs>();
+  a->model.add(app);
+  app.add_option("-f,--format", a->format, "format spec for the layer weights (see `quantkit formats`)")->required();
+  app.add_option("--method", a->method, "rtn | weighted | gptq")->check(CLI::IsMember({"rtn", "weighted", "gptq"}));
+  app.add_option("--calib", a->calib, "calibration text (weighted, gptq)");
+  app.add_option("--calib-tokens", a->calib_tokens, "calibration tokens (default 128 windows)")->check(CLI::Range(int64_t(2), int64_t(1) << 40));
+  app.add_option("--ctx", a->ctx, "calibration window length (default min(256, model context))")->check(CLI::Range(2, 1 << 20));
+  app.add_option("--skip", a->skip, "keep tensors matching this regex as they are in the input");
+  app.add_option("--keep-f16", a->keep_f16, "store tensors matching this regex in f16");
+  app.add_option("--override", a->overrides, "'REGEX=SPEC': format (or f16/f32/keep) for matching tensors");
+  app.add_option("--embedding-format", a->embedding_format, "format of token_embd and output (default q8_0)");
+  app.add_option("--split", a->split, "SplitQuant: split each layer weight into K value clusters")->check(CLI::Range(2, 8));
+  app.add_option("--damp", a->opt.gptq.damp, "GPTQ damping, fraction of mean diag(H) (default 0.01)")->check(CLI::Range(0.0, 10.0));
+  app.add_flag("--no-act-order", a->no_act_order, "GPTQ: columns in natural order");
+  app.add_option("--safetensors-dtype", a->safetensors_dtype, "f16 | bf16 | f32 for safetensors output")->check(CLI::IsMember({"f16", "bf16", "f32"}));
+  app.add_option("-o,--output", a->out, "output: .gguf, .qk (quantkit GGUF), or a folder/.safetensors")->required();
+  app.add_option("--eval", a->eval_text, "evaluate the result on this text (perplexity, KL vs the input)");
+  app.add_option("--eval-ctx", a->eval_ctx, "evaluation window (default: model context)")->check(CLI::Range(4, 1 << 20));
+  app.add_option("--doc-separator", a->separator, "document separator line in the texts (e.g. '<|endoftext|>')");
+  app.add_flag("--json", a->json, "machine-readable result on stdout");
+  return [a] { return run_quantize(*a); };
+}});
+
+}  // namespace
+}  // namespace quantkit::cli
