@@ -103,8 +103,9 @@ TEST(FormatsInt, DegenerateInputsStayFinite) {
       w[5] = v * 0.5f;
       auto out = round_trip(*f, w, 8, 40);
       for (float x : out) ASSERT_TRUE(std::isfinite(x)) << s << " " << v;
-      if (v == 0.0f)
+      if (v == 0.0f) {
         for (float x : out) ASSERT_EQ(x, 0.0f) << s;
+      }
     }
   }
 }

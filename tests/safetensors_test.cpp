@@ -355,7 +355,7 @@ ModelFile tiny_llama(bool tied) {
   uint32_t seed = 100;
   auto add = [&](const std::string& name, std::vector<int64_t> shape) {
     auto buf = std::make_shared<std::vector<float>>(random_floats(size_t(shape_numel(shape)), seed++));
-    m.tensors.push_back({name, DType::F32, std::move(shape), buf->data(), buf->size() * 4});
+    m.tensors.push_back({name, DType::F32, std::move(shape), buf->data(), buf->size() * 4, "", 0});
     m.storage.push_back(buf);
   };
   add("token_embd.weight", {c.vocab_size, c.dim});
