@@ -137,6 +137,28 @@ TEST(Gptq, BeatsRoundToNearestOnEveryMatrix) {
   }
 }
 
+// VPTQ-style second-order vector quantization: codebooks from diag(H)-weighted k-means,
+// then vector columns fixed one block of d at a time with the error fed forward. It must
+// beat the same codebook format quantized with the diagonal importance alone.
+TEST(Gptq, VectorCodebooksGetSecondOrderFeedback) {
+  const int64_t rows = 64, cols = 128;
+  auto w = qk_test::gaussian(size_t(rows * cols), 7);
+  auto h = correlated_hessian(cols, 512, 8);
+  std::vector<float> diag(static_cast<size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) diag[size_t(j)] = float(h[size_t(j * cols + j)]);
+  for (const char* spec : {"vq:d4:k64", "rvq:d4:2x16", "vq:d2:k16:rs"}) {
+    auto f = make_format(spec);
+    GptqOptions opt;
+    opt.compute_objective = true;
+    GptqResult g = gptq_quantize(*f, w.data(), rows, cols, h.data(), opt);
+    EXPECT_EQ(g.step, spec[3] == '2' || spec[4] == '2' ? 2 : 4) << spec;
+    auto weighted = dequantized(*f, f->quantize(w.data(), rows, cols, diag.data()));
+    const double obj_weighted = hessian_objective(w.data(), weighted.data(), rows, cols, h.data());
+    std::printf("%s: gptq objective %.4g, weighted %.4g\n", spec, g.objective, obj_weighted);
+    EXPECT_LT(g.objective, 0.95 * obj_weighted) << spec;
+  }
+}
+
 TEST(Gptq, DeadColumnsAreZeroed) {
   const int64_t rows = 16, cols = 64;
   auto w = qk_test::gaussian(size_t(rows * cols), 4);

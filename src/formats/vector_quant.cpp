@@ -247,6 +247,13 @@ class CodebookFormat : public Format {
     for (const CodebookBlock& blk : read_blocks(pk)) decode_block(blk, pk.cols, out + blk.row0 * pk.cols);
   }
 
+  // VPTQ-style second-order VQ: codebooks (and scales) come from importance-weighted
+  // k-means on the initial weights; GPTQ then fixes one vector column block (d inputs) at
+  // a time, each row's sub-vector coded by greedy residual search against the fixed
+  // codebooks, and feeds the error forward.
+  std::unique_ptr<ColumnEncoder> column_encoder(const float* w, int64_t rows, int64_t cols, const float* imp,
+                                                bool) const override;
+
   std::vector<SymbolStream> symbols(const Packed& pk) const override {
     const int64_t per_vector = p_.codes_per_vector();
     std::vector<SymbolStream> streams;
@@ -432,7 +439,92 @@ class CodebookFormat : public Format {
   }
 
   CodebookParams p_;
+  friend class CodebookColumnEncoder;
 };
+
+class CodebookColumnEncoder : public ColumnEncoder {
+ public:
+  CodebookColumnEncoder(const CodebookFormat& f, const float* w, int64_t rows, int64_t cols, const float* imp)
+      : f_(f), p_(f.p_), rows_(rows), cols_(cols) {
+    if (imp) imp_.assign(imp, imp + cols);
+    const int64_t per_block = p_.block_rows(rows);
+    for (int64_t b = 0; b < p_.blocks(rows); ++b) {
+      const int64_t r0 = b * per_block, nr = std::min(rows, r0 + per_block) - r0;
+      blocks_.push_back(f.encode_block(w + r0 * cols, r0, nr, cols, imp, uint64_t(b)));
+    }
+  }
+
+  int64_t step() const override { return p_.dim; }
+
+  void encode(int64_t c, const float* cur, int64_t rs, int64_t cs, float* deq) override {
+    const int64_t v = c / p_.dim, nv = p_.vectors_per_row(cols_), d = p_.sub_dim(), per_vector = p_.codes_per_vector();
+    const int64_t width = std::min(p_.dim, cols_ - c), per_block = p_.block_rows(rows_);
+    std::vector<float> target(static_cast<size_t>(d)), weight(static_cast<size_t>(d));
+    for (int64_t r = 0; r < rows_; ++r) {
+      CodebookBlock& blk = blocks_[size_t(r / per_block)];
+      const int64_t br = r - blk.row0;
+      const float s = blk.scale * (p_.row_scale ? blk.row_scales[size_t(br)] : 1.0f);
+      for (int64_t g = 0; g < p_.groups; ++g) {
+        for (int64_t l = 0; l < d; ++l) {
+          const int64_t j = g * d + l;  // column offset within the vector
+          const bool real = j < width && s != 0.0f;
+          target[size_t(l)] = real ? cur[r * rs + j * cs] / s : 0.0f;
+          weight[size_t(l)] = real ? (imp_.empty() ? 1.0f : imp_[size_t(c + j)]) : 0.0f;
+        }
+        for (int64_t m = 0; m < p_.stages; ++m) {
+          const int64_t cb = g * p_.stages + m;
+          const std::vector<float>& book = blk.codebooks[size_t(cb)];
+          const uint32_t best = nearest(book, target, weight);
+          blk.indices[size_t((br * nv + v) * per_vector + cb)] = best;
+          for (int64_t l = 0; l < d; ++l) target[size_t(l)] -= book[size_t(int64_t(best) * d + l)];
+        }
+        for (int64_t l = 0; l < d; ++l) {
+          const int64_t j = g * d + l;
+          if (j >= width) continue;
+          float sum = 0;
+          for (int64_t m = 0; m < p_.stages; ++m) {
+            const int64_t cb = g * p_.stages + m;
+            const uint32_t idx = blk.indices[size_t((br * nv + v) * per_vector + cb)];
+            sum += blk.codebooks[size_t(cb)][size_t(int64_t(idx) * d + l)];
+          }
+          deq[j * rows_ + r] = sum * s;
+        }
+      }
+    }
+  }
+
+  Packed finish() override {
+    BitWriter bw;
+    for (const CodebookBlock& blk : blocks_) f_.write_block(bw, blk, cols_);
+    return finish_packed(bw, rows_, cols_, f_.storage_bits(rows_, cols_));
+  }
+
+ private:
+  // Index of the codeword closest to t in the weighted squared distance.
+  uint32_t nearest(const std::vector<float>& book, const std::vector<float>& t, const std::vector<float>& wt) const {
+    const int64_t d = int64_t(t.size());
+    uint32_t best = 0;
+    float best_e = INFINITY;
+    for (int64_t k = 0; k < p_.k; ++k) {
+      const float* cw = &book[size_t(k * d)];
+      float e = 0;
+      for (int64_t l = 0; l < d; ++l) e += wt[size_t(l)] * (cw[l] - t[size_t(l)]) * (cw[l] - t[size_t(l)]);
+      if (e < best_e) best_e = e, best = uint32_t(k);
+    }
+    return best;
+  }
+
+  const CodebookFormat& f_;
+  const CodebookParams& p_;
+  int64_t rows_, cols_;
+  std::vector<float> imp_;
+  std::vector<CodebookBlock> blocks_;
+};
+
+std::unique_ptr<ColumnEncoder> CodebookFormat::column_encoder(const float* w, int64_t rows, int64_t cols,
+                                                              const float* imp, bool) const {
+  return std::make_unique<CodebookColumnEncoder>(*this, w, rows, cols, imp);
+}
 
 // vq:d<D>:k<K>..., rvq:d<D>:<M>x<K>..., grvq:d<D>:g<G>:<M>x<K>...
 std::unique_ptr<Format> parse_codebook(const std::vector<std::string>& tokens, const std::string& family) {
