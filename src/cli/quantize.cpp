@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "cli/command.h"
 #include "cli/common.h"
@@ -18,7 +19,7 @@ struct QuantizeArgs {
   ModelArgs model;
   QuantizeOptions opt;
   std::string format, method = "rtn", calib, out, eval_text, separator;
-  std::string embedding_format = "q8_0", safetensors_dtype = "f16";
+  std::string embedding_format = "q8_0", safetensors_dtype = "f16", safetensors_layout = "dequantized";
   std::vector<std::string> skip, keep_f16, overrides;
   int64_t calib_tokens = 0;
   int ctx = 0, eval_ctx = 0, split = 0;
@@ -49,14 +50,41 @@ QuantizeOptions options_of(const QuantizeArgs& a, int model_ctx) {
   return o;
 }
 
-void write_output(const QuantizeResult& r, const std::string& path, const std::string& st_dtype) {
-  if (output_kind(path) == OutputKind::Gguf) {
-    save_gguf_model(r.model, path);
-    return;
+// The GPTQ layout packs int weights for transformers / vLLM; it fixes fp16 for the rest.
+void check_layout(const QuantizeArgs& a) {
+  if (a.safetensors_layout != "gptq") return;
+  if (output_kind(a.out) != OutputKind::Safetensors)
+    fail("{}: --safetensors-layout gptq needs a safetensors output (a folder or .safetensors)", a.out);
+  if (a.safetensors_dtype != "f16")
+    fail("--safetensors-layout gptq stores fp16 (scales and unquantized tensors), not {}", a.safetensors_dtype);
+}
+
+// Writes the output; returns the GPTQ report when the GPTQ layout was written.
+std::optional<GptqReport> write_output(const QuantizeResult& r, const QuantizeArgs& a) {
+  if (output_kind(a.out) == OutputKind::Gguf) {
+    save_gguf_model(r.model, a.out);
+    return std::nullopt;
   }
-  std::string dir = path;
-  if (std::filesystem::path(path).extension() == ".safetensors") dir = std::filesystem::path(path).parent_path().string();
-  save_safetensors_model(r.model, dir.empty() ? "." : dir, dtype_from_name(st_dtype));
+  std::string dir = a.out;
+  if (std::filesystem::path(dir).extension() == ".safetensors") dir = std::filesystem::path(dir).parent_path().string();
+  if (dir.empty()) dir = ".";
+  if (a.safetensors_layout == "gptq") return save_gptq_safetensors(r.model, dir);
+  save_safetensors_model(r.model, dir, dtype_from_name(a.safetensors_dtype));
+  return std::nullopt;
+}
+
+nlohmann::json gptq_json(const GptqReport& g) {
+  nlohmann::json j = {{"bits", g.bits}, {"group_size", g.group_size}, {"sym", g.sym}, {"packed", g.packed},
+                      {"dequantized", nlohmann::json::array()}};
+  for (const auto& d : g.dequantized) j["dequantized"].push_back({{"name", d.name}, {"type", d.type}, {"reason", d.reason}});
+  return j;
+}
+
+void print_gptq_notes(const GptqReport& g) {
+  std::fprintf(stderr, "note: GPTQ checkpoint, %d bits, group_size %lld, %s: %zu layer weights packed, %zu tensors written as fp16\n",
+               g.bits, (long long)g.group_size, g.sym ? "sym" : "asym", g.packed.size(), g.dequantized.size());
+  for (const auto& d : g.dequantized)
+    std::fprintf(stderr, "  %s (%s): %s\n", d.name.c_str(), d.type.c_str(), d.reason.c_str());
 }
 
 nlohmann::json tensor_json(const TensorReport& t) {
@@ -96,13 +124,15 @@ int run_quantize(QuantizeArgs& a) {
     bos = tok.bos();
   }
   output_kind(a.out);  // a bad output name fails before any work
+  check_layout(a);
   Progress layers("quantize: layer", in.config.n_layers), tensors("quantize: tensor", int64_t(in.tensors.size()));
   QuantizeResult r = quantize_model(in, opt, calib.empty() ? nullptr : &calib, bos,
                                     [&](const char* stage, int done, int, const std::string&) {
                                       (std::string(stage) == "layer" ? layers : tensors).update(done);
                                     });
   tensors.finish();
-  write_output(r, a.out, a.safetensors_dtype);
+  const std::optional<GptqReport> gptq = write_output(r, a);
+  if (gptq && !a.json) print_gptq_notes(*gptq);
 
   int quantkit_only = 0;
   for (const auto& t : r.model.tensors) quantkit_only += t.type == DType::QK;
@@ -133,6 +163,7 @@ int run_quantize(QuantizeArgs& a) {
                         {"bits_per_weight", bits / double(n_params)}, {"seconds", r.seconds},
                         {"calibration", {{"windows", r.calibration_windows}, {"tokens", r.calibration_tokens}}}};
     for (const auto& t : r.tensors) j["tensors"].push_back(tensor_json(t));
+    if (gptq) j["gptq"] = gptq_json(*gptq);
     if (eval)
       j["eval"] = {{"text", a.eval_text}, {"ctx", ev.ctx}, {"perplexity", ev.llamacpp.ppl},
                    {"perplexity_all_tokens", ev.all_tokens.ppl}, {"kl_mean", ev.kl.mean},
@@ -170,6 +201,9 @@ Register reg({"quantize", "quantize a model to a format with rtn, weighted or gp
   app.add_option("--damp", a->opt.gptq.damp, "GPTQ damping, fraction of mean diag(H) (default 0.01)")->check(CLI::Range(0.0, 10.0));
   app.add_flag("--no-act-order", a->no_act_order, "GPTQ: columns in natural order");
   app.add_option("--safetensors-dtype", a->safetensors_dtype, "f16 | bf16 | f32 for safetensors output")->check(CLI::IsMember({"f16", "bf16", "f32"}));
+  app.add_option("--safetensors-layout", a->safetensors_layout,
+                 "dequantized (default: every tensor in --safetensors-dtype) | gptq (int4/int8 layer weights packed for transformers / vLLM)")
+      ->check(CLI::IsMember({"dequantized", "gptq"}));
   app.add_option("-o,--output", a->out, "output: .gguf, .qk (quantkit GGUF), or a folder/.safetensors")->required();
   app.add_option("--eval", a->eval_text, "evaluate the result on this text (perplexity, KL vs the input)");
   app.add_option("--eval-ctx", a->eval_ctx, "evaluation window (default: model context)")->check(CLI::Range(4, 1 << 20));

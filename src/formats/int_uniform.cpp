@@ -26,18 +26,58 @@ struct GroupParams {
   int zero = 0;      // stored zero point (asym)
 };
 
+// Nearest integer of x within [lo, hi] (integers), ties to even as nearbyint rounds by
+// default. Clamping first keeps |x| small, where adding and removing 1.5 * 2^23 rounds
+// exactly; unlike nearbyint this needs no library call, so loops over it vectorise.
+inline float round_clamped(float x, float lo, float hi) {
+  constexpr float kMagic = 12582912.0f;
+  x = std::min(std::max(x, lo), hi);
+  return (x + kMagic) - kMagic;
+}
+
 int quantize_one(float w, const GroupParams& g, Levels lv) {
   if (g.scale == 0.0f) return std::clamp(int(std::lround(g.offset)), lv.lo, lv.hi);
-  const float q = std::nearbyint(w / g.scale + g.offset);
-  return int(std::clamp(q, float(lv.lo), float(lv.hi)));
+  return int(round_clamped(w / g.scale + g.offset, float(lv.lo), float(lv.hi)));
+}
+
+// The error sum runs in this many interleaved partial sums: a fixed order, so every
+// instruction set below gives the same bits.
+constexpr int kErrLanes = 16;
+
+// No FMA contraction (AVX-512 would fuse the products): contraction would change the
+// rounding between instruction sets.
+#define QK_NO_CONTRACT gnu::optimize("fp-contract=off")
+
+template <bool Weighted>
+[[gnu::always_inline, QK_NO_CONTRACT]] inline double grid_error_lanes(const float* w, const float* imp, int64_t n,
+                                                                      float scale, float offset, float lo, float hi) {
+  double acc[kErrLanes] = {};
+  const double s = scale, off = offset;
+  auto term = [&](int64_t i) {
+    const double d = double(w[i]) - s * (double(round_clamped(w[i] / scale + offset, lo, hi)) - off);
+    return Weighted ? double(imp[i]) * d * d : d * d;
+  };
+  int64_t i = 0;
+  for (; i + kErrLanes <= n; i += kErrLanes)
+    for (int j = 0; j < kErrLanes; ++j) acc[j] += term(i + j);
+  for (int j = 0; i + j < n; ++j) acc[j] += term(i + j);
+  double e = 0;
+  for (double a : acc) e += a;
+  return e;
+}
+
+// sum_i imp_i (w_i - scale (q_i - offset))^2 with q_i the grid code of w_i (scale != 0):
+// the clipping search's inner loop, built for AVX-512 and AVX2 too (picked at run time).
+[[gnu::target_clones("avx512f", "avx2", "default"), QK_NO_CONTRACT]] double grid_error(
+    const float* w, const float* imp, int64_t n, float scale, float offset, float lo, float hi) {
+  return imp ? grid_error_lanes<true>(w, imp, n, scale, offset, lo, hi)
+             : grid_error_lanes<false>(w, imp, n, scale, offset, lo, hi);
 }
 
 double group_error(const float* w, const float* imp, int64_t n, const GroupParams& g, Levels lv) {
-  double e = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = double(w[i]) - double(g.scale) * (quantize_one(w[i], g, lv) - g.offset);
-    e += (imp ? double(imp[i]) : 1.0) * d * d;
-  }
+  if (g.scale != 0.0f) return grid_error(w, imp, n, g.scale, g.offset, float(lv.lo), float(lv.hi));
+  double e = 0;  // every weight decodes to 0
+  for (int64_t i = 0; i < n; ++i) e += (imp ? double(imp[i]) : 1.0) * double(w[i]) * double(w[i]);
   return e;
 }
 
@@ -87,9 +127,11 @@ GroupParams fit_group(const float* w, const float* imp, int64_t n, const IntPara
     if (e < best) best = e, best_r = r;
   }
   const float step = 0.9f / 29.0f;
+  float prev = -1.0f;
   for (int k = -8; k <= 8; ++k) {
     const float r = std::min(1.0f, best_r + step * float(k) / 8.0f);
-    if (r <= 0.0f) continue;
+    if (r <= 0.0f || r == best_r || r == prev) continue;  // a ratio already tried cannot win
+    prev = r;
     const double e = err(r);
     if (e < best) best = e, best_r = r;
   }
@@ -214,8 +256,16 @@ class IntFormat : public Format {
       if (scale_bits() == 32) bw.put_f32(g.scale);
       else bw.put_f16(g.scale);
       if (zero_bits()) bw.put(uint64_t(g.zero), zero_bits());
+      // Codes go out 64 bits at a time: the same bit string as one put per code.
+      uint64_t word = 0;
+      int used = 0;
       for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c) bw.put(uint64_t(codes[size_t(r * cols + c)] - lo), p_.bits);
+        for (int64_t c = c0; c < c1; ++c) {
+          if (used + p_.bits > 64) bw.put(word, used), word = 0, used = 0;
+          word |= uint64_t(codes[size_t(r * cols + c)] - lo) << used;
+          used += p_.bits;
+        }
+      bw.put(word, used);
     });
     return finish_packed(bw, rows, cols, storage_bits(rows, cols));
   }
@@ -252,27 +302,47 @@ class IntFormat : public Format {
   Grouping grouping_;
 };
 
+// One column for GPTQ: each row's code and dequantized value under its group's parameters
+// (scale[r] == 0: the code zero_code[r]). Built for AVX-512 and AVX2 too.
+[[gnu::target_clones("avx512f", "avx2", "default")]] void quantize_column(const float* w, int64_t rows,
+                                                                          const float* scale, const float* offset,
+                                                                          const float* zero_code, Levels lv,
+                                                                          int16_t* codes, float* deq) {
+  const float lo = float(lv.lo), hi = float(lv.hi);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float s = scale[r], o = offset[r];
+    const float q = s != 0.0f ? round_clamped(w[r] / s + o, lo, hi) : zero_code[r];
+    codes[r] = int16_t(q);
+    deq[r] = s * (q - o);
+  }
+}
+
 // GPTQ column by column: row/tensor scales are fixed from the original weights (as GPTQ
 // does); group scales are chosen from the current weights when the group is reached, or
 // from the original weights up front with static groups (act-order without g_idx).
 class IntColumnEncoder : public ColumnEncoder {
  public:
   IntColumnEncoder(const IntFormat& f, const float* w, int64_t rows, int64_t cols, const float* imp, bool static_groups)
-      : f_(f), rows_(rows), cols_(cols), codes_(size_t(rows * cols), 0) {
+      : f_(f), rows_(rows), cols_(cols), codes_(size_t(rows * cols), 0), column_codes_(size_t(rows * cols), 0) {
     if (imp) imp_.assign(imp, imp + cols);
     const Grouping& g = f.grouping();
     gsize_ = g.kind == Grouping::Group ? g.size : cols;
     per_row_ = g.kind == Grouping::Tensor ? 0 : (cols + gsize_ - 1) / gsize_;
     dynamic_ = g.kind == Grouping::Group && !static_groups;
+    const int64_t n_groups = std::max<int64_t>(1, per_row_);
+    for (auto* v : {&scale_, &offset_, &zero_code_}) v->assign(size_t(n_groups * rows), 0.0f);
     // Static parameters come from the original weights; dynamic ones are fitted later.
-    if (dynamic_) groups_.assign(size_t(rows * per_row_), {});
-    else f.encode(w, rows, cols, imp, groups_, codes_);
+    if (dynamic_) {
+      groups_.assign(size_t(rows * per_row_), {});
+    } else {
+      f.encode(w, rows, cols, imp, groups_, codes_);
+      for (int64_t gi = 0; gi < n_groups; ++gi) gather_params(gi);
+    }
   }
   int64_t step() const override { return 1; }
   int64_t lookahead() const override { return dynamic_ ? gsize_ : 1; }
 
   void encode(int64_t c, const float* cur, int64_t rs, int64_t cs, float* deq) override {
-    const Levels lv = levels(f_.params());
     const int64_t g = c / gsize_;
     if (dynamic_ && c % gsize_ == 0) {
       const int64_t n = std::min(gsize_, cols_ - c);
@@ -284,24 +354,50 @@ class IntColumnEncoder : public ColumnEncoder {
               fit_group(x.data(), imp_.empty() ? nullptr : imp_.data() + c, n, f_.params(), true);
         }
       });
+      gather_params(g);
     }
+    if (rs != 1) {
+      column_.resize(size_t(rows_));
+      for (int64_t r = 0; r < rows_; ++r) column_[size_t(r)] = cur[r * rs];
+      cur = column_.data();
+    }
+    const size_t at = size_t((per_row_ ? g : 0) * rows_);
+    quantize_column(cur, rows_, &scale_[at], &offset_[at], &zero_code_[at], levels(f_.params()),
+                    &column_codes_[size_t(c * rows_)], deq);
+  }
+
+  Packed finish() override {
+    // Every column was encoded: its codes replace the row-major ones.
+    constexpr int64_t kTile = 64;
+    global_pool().parallel_for((cols_ + kTile - 1) / kTile, [&](int64_t t0, int64_t t1) {
+      for (int64_t c0 = t0 * kTile; c0 < std::min(cols_, t1 * kTile); c0 += kTile)
+        for (int64_t r = 0; r < rows_; ++r)
+          for (int64_t c = c0; c < std::min(cols_, c0 + kTile); ++c)
+            codes_[size_t(r * cols_ + c)] = column_codes_[size_t(c * rows_ + r)];
+    });
+    return f_.pack(groups_, codes_, rows_, cols_);
+  }
+
+ private:
+  // Group g's parameters, one per row, as arrays for quantize_column.
+  void gather_params(int64_t g) {
+    const Levels lv = levels(f_.params());
     for (int64_t r = 0; r < rows_; ++r) {
       const GroupParams& gp = groups_[per_row_ ? size_t(r * per_row_ + g) : 0];
-      const int q = quantize_one(cur[r * rs], gp, lv);
-      codes_[size_t(r * cols_ + c)] = int16_t(q);
-      deq[r] = gp.scale * (float(q) - gp.offset);
+      const size_t i = size_t(g * rows_ + r);
+      scale_[i] = gp.scale;
+      offset_[i] = gp.offset;
+      zero_code_[i] = float(quantize_one(0.0f, {0.0f, gp.offset, gp.zero}, lv));
     }
   }
 
-  Packed finish() override { return f_.pack(groups_, codes_, rows_, cols_); }
-
- private:
   const IntFormat& f_;
   int64_t rows_, cols_, gsize_ = 0, per_row_ = 0;
   bool dynamic_ = false;
   std::vector<float> imp_;
   std::vector<GroupParams> groups_;
-  std::vector<int16_t> codes_;
+  std::vector<float> scale_, offset_, zero_code_, column_;  // [group][row]
+  std::vector<int16_t> codes_, column_codes_;               // row-major; column-major as encoded
 };
 
 std::unique_ptr<ColumnEncoder> IntFormat::column_encoder(const float* w, int64_t rows, int64_t cols, const float* imp,
@@ -367,6 +463,87 @@ Packed derive_lower_bits(const Packed& master, const IntParams& mp, int bits) {
   }
   for (auto& q : codes) q = int16_t(reround(q, shift, lv, mp.mode));
   return dst.pack(groups, codes, master.rows, master.cols);
+}
+
+IntUnpacked unpack_int(const Packed& p, const IntParams& params) {
+  const IntFormat f(params);
+  std::vector<GroupParams> groups;
+  std::vector<int16_t> codes;
+  f.unpack(p, groups, codes);
+  const int lo = levels(params).lo;
+  const Grouping& g = f.grouping();
+  IntUnpacked u;
+  u.rows = p.rows;
+  u.cols = p.cols;
+  u.group = g.kind == Grouping::Group ? g.size : p.cols;
+  u.q.resize(codes.size());
+  for (size_t i = 0; i < codes.size(); ++i) u.q[i] = codes[i] - lo;
+  // w = s * (level - offset) = s * ((level - lo) - (offset - lo)); a tensor's one group
+  // repeats on every row.
+  const bool per_tensor = g.kind == Grouping::Tensor;
+  const size_t n = per_tensor ? size_t(p.rows) : groups.size();
+  for (size_t i = 0; i < n; ++i) {
+    const GroupParams& gp = groups[per_tensor ? 0 : i];
+    u.scale.push_back(gp.scale);
+    u.zero.push_back(gp.offset - float(lo));
+  }
+  return u;
+}
+
+namespace {
+
+// A group's parameters from an unpacked (scale, zero); fails if the zero point is not one
+// the format can store.
+GroupParams group_params_of(float scale, float zero, const IntParams& p, const std::string& spec) {
+  const Levels lv = levels(p);
+  GroupParams g;
+  g.scale = scale;
+  g.offset = zero + float(lv.lo);
+  if (p.mode == IntMode::Asym) {
+    if (!(zero >= 0.0f && zero <= float(lv.hi)) || zero != std::floor(zero))
+      fail("{}: zero point {} is not an integer in [0, {}]", spec, zero, lv.hi);
+    g.zero = int(zero);
+    return g;
+  }
+  const float fixed = p.mode == IntMode::Sym ? float(-lv.lo) : float(lv.hi) / 2.0f;
+  if (zero != fixed) fail("{}: zero point {} differs from the format's fixed {}", spec, zero, fixed);
+  return g;
+}
+
+}  // namespace
+
+Packed pack_int(const IntUnpacked& u, const IntParams& params) {
+  const IntFormat f(params);
+  const std::string spec = f.spec();
+  const Grouping& g = f.grouping();
+  const Levels lv = levels(params);
+  const int64_t per_row = g.kind == Grouping::Group ? (u.cols + g.size - 1) / g.size : 1;
+  const int64_t group = g.kind == Grouping::Group ? g.size : u.cols;
+  if (u.group != group) fail("{}: unpacked groups of {} columns, the format has {}", spec, u.group, group);
+  if (u.q.size() != size_t(u.rows * u.cols) || u.scale.size() != size_t(u.rows * per_row) || u.zero.size() != u.scale.size())
+    fail("{}: a {}x{} matrix needs {} codes and {} scales and zero points, got {}, {} and {}", spec, u.rows, u.cols,
+         u.rows * u.cols, u.rows * per_row, u.q.size(), u.scale.size(), u.zero.size());
+  std::vector<int16_t> codes(u.q.size());
+  for (size_t i = 0; i < u.q.size(); ++i) {
+    if (u.q[i] < 0 || u.q[i] > lv.hi - lv.lo) fail("{}: code {} is out of range [0, {}]", spec, u.q[i], lv.hi - lv.lo);
+    codes[i] = int16_t(u.q[i] + lv.lo);
+  }
+  std::vector<GroupParams> groups;
+  groups.reserve(u.scale.size());
+  for (size_t i = 0; i < u.scale.size(); ++i) groups.push_back(group_params_of(u.scale[i], u.zero[i], params, spec));
+  if (g.kind == Grouping::Tensor && !groups.empty()) {
+    for (size_t i = 1; i < u.scale.size(); ++i)
+      if (u.scale[i] != u.scale[0] || u.zero[i] != u.zero[0])
+        fail("{}: row {} has its own scale or zero point, the format one per tensor", spec, i);
+    groups.resize(1);
+  }
+  return f.pack(groups, codes, u.rows, u.cols);
+}
+
+std::optional<IntParams> int_params_of(const std::string& spec) {
+  const std::unique_ptr<Format> f = make_format(spec);
+  if (const auto* i = dynamic_cast<const IntFormat*>(f.get())) return i->params();
+  return std::nullopt;
 }
 
 }  // namespace quantkit::formats

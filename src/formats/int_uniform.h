@@ -12,6 +12,9 @@
 // with the scale reused (times 2^(B-b)), so one stored model serves every b < B.
 #pragma once
 #include <memory>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "quantkit/format.h"
 
@@ -33,5 +36,28 @@ std::unique_ptr<Format> make_int_format(const IntParams& p);
 // matrix of the same grouping and mode obtained by re-rounding the stored integers.
 // Decodable by "int<b>:<grouping>[:mode]:dr<B>".
 Packed derive_lower_bits(const Packed& master, const IntParams& master_params, int bits);
+
+// The integers of a packed int matrix in GPTQ's terms: w = scale * (q - zero), q the
+// unsigned code 0..2^b-1. Sym stores signed levels s*l: q = l + 2^(b-1), zero = 2^(b-1);
+// mid: zero = (2^b-1)/2. Row and tensor grouping give one group per row (group = cols).
+struct IntUnpacked {
+  int64_t rows = 0, cols = 0;
+  int64_t group = 0;               // columns per group; the last group of a row may be shorter
+  std::vector<int32_t> q;          // rows x cols, row-major
+  std::vector<float> scale, zero;  // rows x n_groups, row-major
+
+  int64_t n_groups() const { return rows ? int64_t(scale.size()) / rows : 0; }
+};
+
+IntUnpacked unpack_int(const Packed& p, const IntParams& params);
+
+// Inverse of unpack_int. Scales are rounded to the format's precision (fp16, fp32 per
+// tensor); throws Error when a code or zero point does not fit the format (sym and mid
+// have fixed zero points, asym integer ones) or, per tensor, rows disagree.
+Packed pack_int(const IntUnpacked& u, const IntParams& params);
+
+// The parameters of an int-family spec ("int4:g128:asym"); nullopt for other families
+// (including wrappers such as "rht:int4:g128"). Throws Error on a malformed spec.
+std::optional<IntParams> int_params_of(const std::string& spec);
 
 }  // namespace quantkit::formats

@@ -1,6 +1,7 @@
 // Hugging Face Llama models in safetensors: config.json + model.safetensors (or shards
 // + index), tensor names mapped to quantkit's canonical GGUF names. quantkit's own
-// writer adds quantkit_vocab.json so a folder it writes is self-contained.
+// writer adds quantkit_vocab.json so a folder it writes is self-contained. GPTQ modules
+// (<module>.qweight, ...) are read through src/io/gptq_checkpoint.cpp.
 #include <algorithm>
 #include <cerrno>
 #include <climits>
@@ -10,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "io/hf_model.h"
 #include "io/llama_tensors.h"
 #include "io/model_io.h"
 #include "io/safetensors.h"
@@ -27,6 +29,8 @@ constexpr const char* kConfigFile = "config.json";
 constexpr const char* kVocabFile = "quantkit_vocab.json";
 constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
+constexpr const char* kQuantizeConfigFile = "quantize_config.json";  // AutoGPTQ's copy of quantization_config
+constexpr std::string_view kQweight = ".qweight";
 
 // ---- names ----
 
@@ -189,6 +193,26 @@ LlamaConfig parse_config(const JsonFields& c) {
   cfg.rope_style = RopeStyle::NeoX;  // HF q/k_proj rows are in the half-split layout
   reject_unsupported(c, cfg);
   return cfg;
+}
+
+// "quantization_config": nullopt without one; GPTQ is the only method read.
+std::optional<GptqScheme> parse_quantization(const JsonFields& c) {
+  const json* q = c.find("quantization_config");
+  if (!q) return std::nullopt;
+  const JsonFields f(c.file() + " (quantization_config)", *q);
+  const std::string method = f.get_string("quant_method");
+  if (method != "gptq") fail("{}: quant_method \"{}\" is not supported (only \"gptq\")", f.file(), method);
+  GptqScheme s;
+  s.bits = f.get_int("bits");
+  if (s.bits != 4 && s.bits != 8) fail("{}: GPTQ bits {} is not supported (4 or 8)", f.file(), s.bits);
+  s.group_size = f.get_int("group_size", 128);
+  if (s.group_size == 0 || s.group_size < -1) fail("{}: group_size {} must be -1 or positive", f.file(), s.group_size);
+  s.sym = f.get_bool("sym", true);
+  const std::string layout = f.get_string("checkpoint_format", "gptq");
+  if (layout != "gptq" && layout != "gptq_v2")
+    fail("{}: checkpoint_format \"{}\" is not supported (\"gptq\" or \"gptq_v2\")", f.file(), layout);
+  s.zeros_minus_one = layout == "gptq";
+  return s;
 }
 
 // The float as its shortest decimal, so 1e-5f is written "1e-05", not 9.99999974e-06.
@@ -392,14 +416,31 @@ ModelFile load_safetensors_model(const std::string& path) {
   m.config = parse_config(cfg);
   if (cfg.find("torch_dtype")) m.metadata["hf.torch_dtype"] = cfg.get_string("torch_dtype");
 
+  const std::optional<GptqScheme> gptq = parse_quantization(cfg);
+
   SafetensorsSet set = open_safetensors(files.weights);
   for (auto& shard : set.shards) m.storage.push_back(shard);
   for (const auto& [k, v] : set.metadata) m.metadata["safetensors." + k] = v;
+  std::map<std::string, const TensorView*> by_name;
+  for (const TensorView& t : set.tensors) by_name[t.name] = &t;
   for (const TensorView& t : set.tensors) {
-    auto name = hf_to_gguf_name(t.name);
+    // A GPTQ module "<module>.qweight" (+ qzeros, scales, g_idx) stands for "<module>.weight".
+    const bool packed = t.name.ends_with(kQweight);
+    const std::string module = packed ? t.name.substr(0, t.name.size() - kQweight.size()) : "";
+    auto name = hf_to_gguf_name(packed ? module + ".weight" : t.name);
     if (!name) continue;  // rotary_emb.inv_freq and the like: derived, not needed
     // With tie_word_embeddings transformers ignores a stored lm_head; so do we.
     if (*name == "output.weight" && m.config.tied_embeddings) continue;
+    if (packed) {
+      if (!gptq) fail("{}: tensor '{}' is GPTQ-packed but {} has no quantization_config", files.weights, t.name, files.config);
+      auto find = [&](const char* suffix) {
+        auto it = by_name.find(module + suffix);
+        return it == by_name.end() ? nullptr : it->second;
+      };
+      const GptqModule mod{module, &t, find(".qzeros"), find(".scales"), find(".g_idx")};
+      m.tensors.push_back(gptq_packed_view(files.weights, *name, *gptq, mod, m.storage));
+      continue;
+    }
     TensorView v = t;
     v.name = *name;
     m.tensors.push_back(std::move(v));
@@ -415,30 +456,45 @@ ModelFile load_safetensors_model(const std::string& path) {
   return m;
 }
 
+nlohmann::ordered_json hf_config_json(const ModelFile& m, DType dtype) { return config_json(m, dtype); }
+SafetensorsTensor hf_float_tensor(const ModelFile& m, const TensorView& v, DType dtype) { return hf_tensor(m, v, dtype); }
+int hf_permuted_heads(const ModelFile& m, const std::string& name) { return qk_heads(m, name); }
+
+void write_hf_folder(const ModelFile& m, const std::string& dir, const std::vector<SafetensorsTensor>& tensors,
+                     const nlohmann::ordered_json& config, const nlohmann::ordered_json* quantize_config,
+                     uint64_t max_shard_bytes) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir, ec)) fail("{}: cannot create folder: {}", dir, ec.message());
+  // transformers refuses safetensors files whose metadata lacks format "pt".
+  write_safetensors_sharded(dir, tensors, {{"format", "pt"}}, max_shard_bytes);
+
+  // Stale side files would be loaded with the new weights.
+  const fs::path vocab_path = fs::path(dir) / kVocabFile;
+  if (m.vocab)
+    write_json_file(vocab_path.string(), vocab_json(*m.vocab));
+  else
+    fs::remove(vocab_path, ec);
+  const fs::path quantize_path = fs::path(dir) / kQuantizeConfigFile;
+  if (quantize_config)
+    write_json_file(quantize_path.string(), *quantize_config);
+  else
+    fs::remove(quantize_path, ec);
+  // config.json last: until it exists the folder is not a loadable model.
+  write_json_file((fs::path(dir) / kConfigFile).string(), config);
+}
+
 void save_safetensors_model(const ModelFile& m, const std::string& dir, DType dtype, uint64_t max_shard_bytes) {
   if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16)
     fail("{}: safetensors output type must be f32, f16 or bf16, not {}", dir, dtype_name(dtype));
   m.config.validate(m.path);
   check_llama_tensors(m);  // fail before anything is written
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec || !fs::is_directory(dir, ec)) fail("{}: cannot create folder: {}", dir, ec.message());
-
   std::vector<SafetensorsTensor> tensors;
   for (const TensorView& v : m.tensors) {
     if (v.name == "output.weight" && m.config.tied_embeddings) continue;
     tensors.push_back(hf_tensor(m, v, dtype));
   }
-  // transformers refuses safetensors files whose metadata lacks format "pt".
-  write_safetensors_sharded(dir, tensors, {{"format", "pt"}}, max_shard_bytes);
-
-  const fs::path vocab_path = fs::path(dir) / kVocabFile;
-  if (m.vocab)
-    write_json_file(vocab_path.string(), vocab_json(*m.vocab));
-  else
-    fs::remove(vocab_path, ec);  // a stale vocabulary would be loaded with the new weights
-  // config.json last: until it exists the folder is not a loadable model.
-  write_json_file((fs::path(dir) / kConfigFile).string(), config_json(m, dtype));
+  write_hf_folder(m, dir, tensors, config_json(m, dtype), nullptr, max_shard_bytes);
 }
 
 }  // namespace quantkit
