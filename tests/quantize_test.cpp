@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "io/model_io.h"
 #include "quantkit/error.h"
@@ -243,4 +245,28 @@ TEST(QuantizeCli, BadInputIsOneLineAndWritesNothing) {
     EXPECT_EQ(qk_test::count_lines(r.err), 1) << args << "\n" << r.err;
   }
   EXPECT_TRUE(std::filesystem::is_empty(dir));
+}
+
+// SplitQuant: --split K wraps the layer format; each layer weight costs K times the bits
+// (reported per tensor) and the split model loads and runs from the .qk file.
+TEST(QuantizeCli, SplitQuantReportsItsSizeCost) {
+  const std::string dir = qk_test::temp_dir("quantize_split");
+  auto r = qk_test::run_cli("quantize -m " + qk_test::model_path() + " --tokenizer " + qk_test::tokenizer_path() +
+                            " -f int3:row --split 3 -o " + dir + "/m.qk --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["format"], "split3:int3:row");
+  const double single = make_format("int3:row")->bits_per_weight(64, 64);
+  int checked = 0;
+  for (const auto& t : j["tensors"])
+    if (t["name"] == "blk.1.attn_q.weight") {
+      EXPECT_EQ(t["format"], "split3:int3:row");
+      EXPECT_NEAR(t["bits_per_weight"].get<double>(), 3 * single, 0.01);
+      ++checked;
+    }
+  EXPECT_EQ(checked, 1);
+  const ModelFile m = load_model(dir + "/m.qk");
+  EXPECT_EQ(m.get("blk.3.ffn_down.weight").format, "split3:int3:row");
+  LlamaModel run(m);
+  EXPECT_GT(run.weight_bytes(), 0u);
 }
