@@ -19,6 +19,7 @@
 #include "quantkit/linear.h"
 #include "quantkit/packed_tensor.h"
 #include "quantkit/quantize.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 using namespace quantkit;
@@ -41,13 +42,7 @@ QuantizeResult quantize(const std::string& spec, std::vector<TensorRule> rules =
   return quantize_model(aidreams(), o, nullptr, 1);
 }
 
-std::vector<float> logits_of(const ModelFile& f, const std::vector<int>& tokens) {
-  LlamaModel m(f);
-  KVCache cache = m.make_cache(int(tokens.size()));
-  std::vector<float> out(tokens.size() * size_t(f.config.vocab_size));
-  m.forward(tokens.data(), int(tokens.size()), 0, cache, out.data());
-  return out;
-}
+using qk_test::logits_of;
 
 std::string error_of(const std::function<void()>& fn) {
   try {

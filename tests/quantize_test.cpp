@@ -14,6 +14,7 @@
 #include "quantkit/linear.h"
 #include "quantkit/packed_tensor.h"
 #include "quantkit/tokenizer.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 using namespace quantkit;
@@ -38,13 +39,7 @@ QuantizeOptions with_format(const std::string& f) {
   return o;
 }
 
-std::vector<float> logits_of(const ModelFile& f, const std::vector<int>& tokens) {
-  LlamaModel m(f);
-  KVCache cache = m.make_cache(int(tokens.size()));
-  std::vector<float> out(tokens.size() * size_t(f.config.vocab_size));
-  m.forward(tokens.data(), int(tokens.size()), 0, cache, out.data());
-  return out;
-}
+using qk_test::logits_of;
 
 }  // namespace
 

@@ -6,8 +6,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
+#include <cstdlib>
+#include <new>
 #include <numeric>
+#include <optional>
+
+#include <sys/mman.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "quantkit/error.h"
 #include "quantkit/thread_pool.h"
@@ -15,21 +23,377 @@
 namespace quantkit {
 namespace {
 
-// U upper triangular with H^-1 = U^T U, from one Cholesky and one triangular inverse:
-// with P the reversal permutation and P H P = R R^T (R lower), A = P R^-1 P is upper and
-// H^-1 = A^T A. Half the work of inverting H and factorising the inverse.
-std::vector<float> inverse_cholesky_upper(std::vector<float> h, int64_t n) {
-  std::vector<float> rev(size_t(n * n));
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) rev[size_t(i * n + j)] = h[size_t((n - 1 - i) * n + (n - 1 - j))];
-  if (LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', int(n), rev.data(), int(n)) != 0)
-    fail("GPTQ: the damped Hessian is not positive definite (raise --damp)");
-  if (LAPACKE_strtri(LAPACK_ROW_MAJOR, 'L', 'N', int(n), rev.data(), int(n)) != 0)
-    fail("GPTQ: the Hessian's Cholesky factor is singular (raise --damp)");
-  std::vector<float> u(size_t(n * n), 0.0f);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = i; j < n; ++j) u[size_t(i * n + j)] = rev[size_t((n - 1 - i) * n + (n - 1 - j))];
-  return u;
+// ---- buffers -------------------------------------------------------------------------------
+
+// The n x n buffers go on transparent huge pages where the kernel offers them (madvise
+// mode): on 4 KiB pages a 4096 x 4096 buffer costs 16K page faults to touch, and the
+// feedback products stride across thousands of pages.
+template <typename T>
+struct LargePageAllocator {
+  using value_type = T;
+  static constexpr size_t kHuge = size_t(2) << 20;
+  LargePageAllocator() = default;
+  template <typename U>
+  LargePageAllocator(const LargePageAllocator<U>&) {}
+  T* allocate(size_t n) {
+    const size_t bytes = n * sizeof(T);
+    if (bytes < kHuge) return std::allocator<T>().allocate(n);
+    void* p = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
+    if (!p) throw std::bad_alloc();
+    madvise(p, bytes, MADV_HUGEPAGE);  // advice: ordinary pages if refused
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t n) {
+    if (n * sizeof(T) < kHuge) return std::allocator<T>().deallocate(p, n);
+    std::free(p);
+  }
+  template <typename U>
+  bool operator==(const LargePageAllocator<U>&) const {
+    return true;
+  }
+};
+using Buffer = std::vector<float, LargePageAllocator<float>>;
+
+// ---- C += A B, the error feedback's matrix product -------------------------------------
+// OpenBLAS as packaged may not recognise the CPU and fall back to SSE3 kernels, so the
+// feedback runs on its own AVX-512 / AVX2 micro-kernels where the CPU has them. Every
+// element of C gets its k products summed in order in one FMA accumulator, then added:
+// both kernels give the same bits, for any tiling and thread count.
+
+// Element (i, j) of a strided matrix is p[i * rs + j * cs].
+struct View {
+  const float* p;
+  int64_t rs, cs;
+  float at(int64_t i, int64_t j) const { return p[i * rs + j * cs]; }
+};
+
+// c (mr x nr, row stride ldc) += ap (k x mr, packed) * bp (k x nr, packed).
+using MicroKernel = void (*)(int64_t k, const float* ap, const float* bp, float* c, int64_t ldc);
+
+struct Kernel {
+  int64_t mr = 0, nr = 0;
+  MicroKernel fn = nullptr;  // null: no suitable SIMD, use OpenBLAS
+};
+
+#if defined(__x86_64__)
+constexpr int64_t kMr512 = 12, kNr512 = 32, kMr256 = 6, kNr256 = 16;
+
+__attribute__((target("avx512f"))) void micro_avx512(int64_t k, const float* ap, const float* bp, float* c,
+                                                     int64_t ldc) {
+  for (int64_t i = 0; i < kMr512; ++i)  // C arrives while the products run
+    for (int64_t j : {0, 16, 31}) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + j), _MM_HINT_T0);
+  __m512 acc[kMr512][2];
+  for (auto& row : acc) row[0] = row[1] = _mm512_setzero_ps();
+  for (int64_t l = 0; l < k; ++l, ap += kMr512, bp += kNr512) {
+    const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+    for (int64_t i = 0; i < kMr512; ++i) {
+      const __m512 a = _mm512_set1_ps(ap[i]);
+      acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+    }
+  }
+  for (int64_t i = 0; i < kMr512; ++i) {
+    float* ci = c + i * ldc;
+    _mm512_storeu_ps(ci, _mm512_add_ps(_mm512_loadu_ps(ci), acc[i][0]));
+    _mm512_storeu_ps(ci + 16, _mm512_add_ps(_mm512_loadu_ps(ci + 16), acc[i][1]));
+  }
+}
+
+__attribute__((target("avx2,fma"))) void micro_avx2(int64_t k, const float* ap, const float* bp, float* c,
+                                                    int64_t ldc) {
+  for (int64_t i = 0; i < kMr256; ++i)
+    for (int64_t j : {0, 15}) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + j), _MM_HINT_T0);
+  __m256 acc[kMr256][2];
+  for (auto& row : acc) row[0] = row[1] = _mm256_setzero_ps();
+  for (int64_t l = 0; l < k; ++l, ap += kMr256, bp += kNr256) {
+    const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+    for (int64_t i = 0; i < kMr256; ++i) {
+      const __m256 a = _mm256_set1_ps(ap[i]);
+      acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+    }
+  }
+  for (int64_t i = 0; i < kMr256; ++i) {
+    float* ci = c + i * ldc;
+    _mm256_storeu_ps(ci, _mm256_add_ps(_mm256_loadu_ps(ci), acc[i][0]));
+    _mm256_storeu_ps(ci + 8, _mm256_add_ps(_mm256_loadu_ps(ci + 8), acc[i][1]));
+  }
+}
+#endif
+
+const Kernel& kernel() {
+  static const Kernel k = [] {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f")) return Kernel{kMr512, kNr512, micro_avx512};
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Kernel{kMr256, kNr256, micro_avx2};
+#endif
+    return Kernel{};
+  }();
+  return k;
+}
+
+// Fallback for CPUs without the kernels: a view with a unit stride is a BLAS operand.
+void gemm_acc_blas(int64_t m, int64_t n, int64_t k, View a, View b, float* c, int64_t ldc, float alpha) {
+  const bool at = a.cs != 1, bt = b.cs != 1;  // a.rs == 1 / b.rs == 1: transposed operands
+  global_pool().parallel_for(m, [&](int64_t i0, int64_t i1) {
+    cblas_sgemm(CblasRowMajor, at ? CblasTrans : CblasNoTrans, bt ? CblasTrans : CblasNoTrans, int(i1 - i0), int(n),
+                int(k), alpha, a.p + i0 * a.rs, int(at ? a.cs : a.rs), b.p, int(bt ? b.cs : b.rs), 1.0f, c + i0 * ldc,
+                int(ldc));
+  });
+}
+
+// Work items in an order whose contiguous halves (quarters, ...) hold equal work when the
+// work per item falls linearly: first, last, second, second last, ...
+int64_t interleaved(int64_t i, int64_t n) { return i % 2 == 0 ? i / 2 : n - 1 - i / 2; }
+
+// c (m x n, row stride ldc) += alpha a (m x k) b (k x n), alpha = +-1. With `lower`, only
+// the lower triangle (i >= j) is needed, and tiles wholly above it are skipped.
+// `packed` is scratch space, kept by the caller across calls.
+void gemm_acc(int64_t m, int64_t n, int64_t k, View a, View b, float* c, int64_t ldc, Buffer& packed,
+              float alpha = 1.0f, bool lower = false) {
+  if (m <= 0 || n <= 0 || k <= 0) return;
+  const Kernel& kn = kernel();
+  if (!kn.fn) return gemm_acc_blas(m, n, k, a, b, c, ldc, alpha);
+  const int64_t mr = kn.mr, nr = kn.nr, tiles = (m + mr - 1) / mr;
+  // A packed once in tiles of mr rows (k x mr each, zero padded, times alpha: exact).
+  if (packed.size() < size_t(tiles * k * mr)) packed.resize(size_t(tiles * k * mr));
+  float* ap = packed.data();
+  ThreadPool& pool = global_pool();
+  pool.parallel_for(tiles, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t l = 0; l < k; ++l)
+        for (int64_t i = 0; i < mr; ++i) {
+          const int64_t r = t * mr + i;
+          ap[(t * k + l) * mr + i] = r < m ? alpha * a.at(r, l) : 0.0f;
+        }
+  });
+  // Items: a panel of columns (B packed per item, kept in L2) times a chunk of rows; each
+  // tile of a chunk runs along the panel, so C is read row by row.
+  constexpr int64_t kPanel = 384, kChunk = 1152;  // multiples of both kernels' nr and mr
+  const int64_t panels = (n + kPanel - 1) / kPanel, chunks = (m + kChunk - 1) / kChunk;
+  pool.parallel_for(panels * chunks, [&](int64_t i0, int64_t i1) {
+    std::vector<float> bp(size_t(k * kPanel)), edge(size_t(mr * nr));
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t item = interleaved(it, panels * chunks), c0 = item / chunks * kPanel;
+      const int64_t r_begin = item % chunks * kChunk, r_end = std::min(m, r_begin + kChunk);
+      const int64_t pw = std::min(kPanel, n - c0), slivers = (pw + nr - 1) / nr;
+      if (lower && r_end <= c0) continue;
+      for (int64_t sv = 0; sv < slivers; ++sv)
+        for (int64_t l = 0; l < k; ++l)
+          for (int64_t j = 0; j < nr; ++j) {
+            const int64_t col = sv * nr + j;
+            bp[size_t((sv * k + l) * nr + j)] = col < pw ? b.at(l, c0 + col) : 0.0f;
+          }
+      for (int64_t r0 = r_begin; r0 < r_end; r0 += mr) {
+        const int64_t h = std::min(mr, m - r0);
+        const float* at = ap + r0 / mr * k * mr;
+        for (int64_t sv = 0; sv < slivers; ++sv) {
+          const int64_t cc = c0 + sv * nr, w = std::min(nr, n - cc);
+          if (lower && r0 + h <= cc) break;  // this tile and the rest of the panel lie above
+          float* ct = c + r0 * ldc + cc;
+          const float* bt = &bp[size_t(sv * k * nr)];
+          if (h == mr && w == nr) {
+            kn.fn(k, at, bt, ct, ldc);
+            continue;
+          }
+          // A partial tile goes through a full-size copy.
+          std::fill(edge.begin(), edge.end(), 0.0f);
+          for (int64_t i = 0; i < h; ++i) std::copy(ct + i * ldc, ct + i * ldc + w, &edge[size_t(i * nr)]);
+          kn.fn(k, at, bt, edge.data(), nr);
+          for (int64_t i = 0; i < h; ++i) std::copy(&edge[size_t(i * nr)], &edge[size_t(i * nr + w)], ct + i * ldc);
+        }
+      }
+    }
+  });
+}
+
+// In-place Cholesky of the row-major n x n matrix a (lower triangle: a = L L^T), blocked
+// so that its bulk, the trailing update, runs on gemm_acc.
+void cholesky_lower(float* a, int64_t n, Buffer& scratch) {
+  constexpr int64_t kBlock = 128;
+  for (int64_t k0 = 0; k0 < n; k0 += kBlock) {
+    const int64_t k1 = std::min(n, k0 + kBlock), kb = k1 - k0;
+    float* a11 = a + k0 * n + k0;
+    if (LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', int(kb), a11, int(n)) != 0)
+      fail("GPTQ: the damped Hessian is not positive definite (raise --damp)");
+    if (k1 == n) break;
+    // A21 := A21 L11^-T, rows independently; then A22 -= A21 A21^T.
+    global_pool().parallel_for(n - k1, [&](int64_t i0, int64_t i1) {
+      cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, int(i1 - i0), int(kb), 1.0f, a11,
+                  int(n), a + (k1 + i0) * n + k0, int(n));
+    });
+    const float* a21 = a + k1 * n + k0;
+    gemm_acc(n - k1, n - k1, kb, View{a21, n, 1}, View{a21, 1, n}, a + k1 * n + k1, n, scratch, -1.0f, true);
+  }
+}
+
+// wb's columns k in [k0, k1) (column-major, `rows` long) += sum_{i<s} e_i m[i * ld + k]:
+// the immediate feedback inside a sub-block. Products and sums stay unfused so every
+// instruction set gives the same bits.
+[[gnu::target_clones("avx512f", "avx2", "default"), gnu::optimize("fp-contract=off")]] void feed_columns(
+    const float* e, int64_t s, const float* m, int64_t ld, int64_t k0, int64_t k1, float* wb, int64_t rows) {
+  for (int64_t k = k0; k < k1; ++k) {
+    float* __restrict wk = wb + k * rows;
+    for (int64_t i = 0; i < s; ++i) {
+      const float f = m[i * ld + k];
+      const float* __restrict ei = e + i * rows;
+      for (int64_t r = 0; r < rows; ++r) wk[r] += ei[r] * f;
+    }
+  }
+}
+
+// ---- the feedback matrix ---------------------------------------------------------------
+
+// V(i, j) of H = V V^T from the factorised reversed Hessian (see feedback_matrix).
+struct UpperFactor {
+  const Buffer& rev;
+  int64_t n;
+  float operator()(int64_t i, int64_t j) const { return rev[size_t((n - 1 - i) * n + (n - 1 - j))]; }
+};
+
+// GPTQ in LDL form (QuIP's LDLQ; the same as GPTQ's update through the Cholesky factor of
+// H^-1, without the inverse): with H = V V^T, V upper triangular, and blocks of `step`
+// columns, M[b, c] = V[b, c] V_cc^-1 for blocks b before c, zero elsewhere. Block c is
+// quantized from W_c + sum_{b<c} (W_b - Q_b) M[b, c] with W the original weights.
+// `rev` is the damped, permuted H reversed in both indices; it is factorised in place
+// (P H P = R R^T, R lower, so V = P R P).
+Buffer feedback_matrix(Buffer& rev, int64_t n, int64_t step, Buffer& scratch) {
+  cholesky_lower(rev.data(), n, scratch);
+  const UpperFactor v{rev, n};
+  Buffer m(size_t(n * n), 0.0f);
+  if (step == 1) {
+    global_pool().parallel_for(n, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = i + 1; j < n; ++j) m[size_t(i * n + j)] = v(i, j) / v(j, j);
+    });
+    return m;
+  }
+  global_pool().parallel_for(n, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = i; j < n; ++j) m[size_t(i * n + j)] = v(i, j);
+  });
+  std::vector<float> diag_block(size_t(step * step));
+  for (int64_t c0 = n - ((n - 1) % step + 1); c0 >= 0; c0 -= step) {  // from the short last block
+    const int64_t s = std::min(step, n - c0);
+    for (int64_t i = 0; i < s; ++i)
+      for (int64_t j = 0; j < s; ++j) {
+        float& x = m[size_t((c0 + i) * n + c0 + j)];
+        diag_block[size_t(i * s + j)] = x;
+        x = 0.0f;
+      }
+    if (c0 > 0)
+      cblas_strsm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, int(c0), int(s), 1.0f,
+                  diag_block.data(), int(s), &m[size_t(c0)], int(n));
+  }
+  return m;
+}
+
+// GPTQ's current values of the columns [p, p + len) when an encoder reaches them to
+// choose group parameters. The LDL form holds W + G B^-1 for these columns (G the fed-back
+// error times V, B the block diagonal of V), which is GPTQ's value only for the column
+// being quantized; GPTQ's sequential update holds W + G V_pp^-1 for all of them.
+void lookahead_view(const float* wb, const float* wo, const UpperFactor& v, int64_t p, int64_t len, int64_t step,
+                    int64_t rows, std::vector<float>& out) {
+  std::vector<float> vpp(size_t(len * len), 0.0f);  // V_pp, row-major
+  for (int64_t i = 0; i < len; ++i)
+    for (int64_t j = i; j < len; ++j) vpp[size_t(i * len + j)] = v(p + i, p + j);
+  // G = (wb - wo) B, block by block (stored transposed: row j is column j of G).
+  std::vector<float> g(size_t(len * rows));
+  for (int64_t i = 0; i < len * rows; ++i) g[size_t(i)] = wb[i] - wo[i];
+  for (int64_t c0 = 0; c0 < len; c0 += step) {
+    const int64_t s = std::min(step, len - c0);
+    cblas_strmm(CblasRowMajor, CblasLeft, CblasUpper, CblasTrans, CblasNonUnit, int(s), int(rows), 1.0f,
+                &vpp[size_t(c0 * len + c0)], int(len), &g[size_t(c0 * rows)], int(rows));
+  }
+  // X V_pp = G, i.e. V_pp^T X^T = G^T.
+  cblas_strsm(CblasRowMajor, CblasLeft, CblasUpper, CblasTrans, CblasNonUnit, int(len), int(rows), 1.0f, vpp.data(),
+              int(len), g.data(), int(rows));
+  out.resize(size_t(len * rows));
+  for (int64_t i = 0; i < len * rows; ++i) out[size_t(i)] = wo[i] + g[size_t(i)];
+}
+
+// OpenBLAS on one thread while quantkit's pool splits the work, so the two thread pools
+// never compete for the cores; restored on exit.
+struct SingleThreadedBlas {
+  int saved = openblas_get_num_threads();
+  SingleThreadedBlas() { openblas_set_num_threads(1); }
+  ~SingleThreadedBlas() { openblas_set_num_threads(saved); }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+};
+
+// dst[c * rows + r] = src[r * cols + c], in tiles: a column-by-column copy would stride
+// through memory by a power of two.
+void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
+  constexpr int64_t kTile = 16;
+  global_pool().parallel_for((cols + kTile - 1) / kTile, [&](int64_t t0, int64_t t1) {
+    for (int64_t c0 = t0 * kTile; c0 < std::min(cols, t1 * kTile); c0 += kTile)
+      for (int64_t r0 = 0; r0 < rows; r0 += kTile)
+        for (int64_t c = c0; c < std::min(cols, c0 + kTile); ++c)
+          for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r) dst[c * rows + r] = src[r * cols + c];
+  });
+}
+
+// Inputs never active in calibration (H_jj <= 0): their diagonal becomes 1. importance
+// receives the (fixed) diagonal.
+std::vector<int64_t> dead_inputs(const double* h, int64_t n, std::vector<float>& importance) {
+  std::vector<int64_t> dead;
+  for (int64_t j = 0; j < n; ++j) {
+    float d = float(h[j * n + j]);
+    if (!(d > 0.0f)) {
+      d = 1.0f;
+      dead.push_back(j);
+    }
+    importance[size_t(j)] = d;
+  }
+  return dead;
+}
+
+// Column permutation in blocks of `step`: position p holds original column perm[p]. With
+// act-order, full blocks by decreasing diagonal mass; a short last block stays last (the
+// feedback's blocks are aligned to multiples of step).
+std::vector<int64_t> processing_order(const std::vector<float>& importance, int64_t step, bool act_order) {
+  const int64_t cols = int64_t(importance.size()), n_blocks = (cols + step - 1) / step, n_full = cols / step;
+  std::vector<int64_t> order(static_cast<size_t>(n_blocks));
+  std::iota(order.begin(), order.end(), 0);
+  if (act_order) {
+    std::vector<double> weight(size_t(n_blocks), 0.0);
+    for (int64_t j = 0; j < cols; ++j) weight[size_t(j / step)] += importance[size_t(j)];
+    std::stable_sort(order.begin(), order.begin() + n_full,
+                     [&](int64_t a, int64_t b) { return weight[a] > weight[b]; });
+  }
+  std::vector<int64_t> perm;
+  perm.reserve(size_t(cols));
+  for (int64_t b : order)
+    for (int64_t j = b * step; j < std::min(cols, (b + 1) * step); ++j) perm.push_back(j);
+  return perm;
+}
+
+// The damped Hessian (FP32), permuted and reversed in both indices (see feedback_matrix).
+Buffer reversed_hessian(const double* h, int64_t n, const std::vector<int64_t>& perm,
+                        const std::vector<float>& diagonal, double damp) {
+  double mean_diag = 0;
+  for (float d : diagonal) mean_diag += d;
+  mean_diag /= double(n);
+  const float add = float(damp * mean_diag);
+  Buffer rev(size_t(n * n));
+  global_pool().parallel_for(n, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t pi = perm[size_t(n - 1 - i)];
+      for (int64_t j = 0; j < n; ++j) rev[size_t(i * n + j)] = float(h[pi * n + perm[size_t(n - 1 - j)]]);
+      rev[size_t(i * n + i)] = diagonal[size_t(pi)] + add;
+    }
+  });
+  return rev;
+}
+
+// The columns of w (rows x cols, row-major) in processing order, each contiguous.
+Buffer columns_in_order(const float* w, int64_t rows, int64_t cols, const std::vector<int64_t>& perm) {
+  Buffer natural(size_t(rows * cols)), ordered(size_t(rows * cols));
+  transpose(w, rows, cols, natural.data());  // then whole columns move
+  for (int64_t p = 0; p < cols; ++p)
+    std::copy_n(&natural[size_t(perm[size_t(p)] * rows)], rows, &ordered[size_t(p * rows)]);
+  return ordered;
 }
 
 }  // namespace
@@ -51,106 +415,75 @@ GptqResult gptq_quantize(const Format& format, const float* w_in, int64_t rows, 
   if (rows < 1 || cols < 1) fail("GPTQ: empty matrix {}x{}", rows, cols);
   GptqResult res;
   // Dead inputs (never active in calibration) are zeroed and given a unit diagonal.
-  std::vector<float> w(w_in, w_in + rows * cols);
-  std::vector<float> h(size_t(cols * cols));
-  double mean_diag = 0;
-  for (int64_t i = 0; i < cols * cols; ++i) h[size_t(i)] = float(h_in[i]);
   std::vector<float> importance(static_cast<size_t>(cols));
-  for (int64_t j = 0; j < cols; ++j) {
-    float& d = h[size_t(j * cols + j)];
-    if (!(d > 0.0f)) {
-      d = 1.0f;
-      for (int64_t r = 0; r < rows; ++r) w[size_t(r * cols + j)] = 0.0f;
-      ++res.dead_columns;
-    }
-    importance[size_t(j)] = d;
-    mean_diag += d;
+  const std::vector<int64_t> dead = dead_inputs(h_in, cols, importance);
+  res.dead_columns = int64_t(dead.size());
+  Buffer w_live;  // a copy only when inputs are dead
+  const float* w = w_in;
+  if (!dead.empty()) {
+    w_live.assign(w_in, w_in + rows * cols);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j : dead) w_live[size_t(r * cols + j)] = 0.0f;
+    w = w_live.data();
   }
-  mean_diag /= double(cols);
-  for (int64_t j = 0; j < cols; ++j) h[size_t(j * cols + j)] += float(opt.damp * mean_diag);
 
-  std::unique_ptr<ColumnEncoder> enc = format.column_encoder(w.data(), rows, cols, importance.data(), opt.act_order);
+  std::unique_ptr<ColumnEncoder> enc = format.column_encoder(w, rows, cols, importance.data(), opt.act_order);
   const int64_t step = enc->step();
   res.step = step;
-  // Blocks of `step` columns, in processing order.
-  const int64_t n_blocks = (cols + step - 1) / step;
-  std::vector<int64_t> order(static_cast<size_t>(n_blocks));
-  std::iota(order.begin(), order.end(), 0);
-  if (opt.act_order) {
-    std::vector<double> weight(size_t(n_blocks), 0.0);
-    for (int64_t j = 0; j < cols; ++j) weight[size_t(j / step)] += importance[size_t(j)];
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return weight[a] > weight[b]; });
-  }
-  const bool natural = std::is_sorted(order.begin(), order.end());
-  // Column permutation: position p holds original column perm[p].
-  std::vector<int64_t> perm;
-  perm.reserve(size_t(cols));
-  for (int64_t b : order)
-    for (int64_t j = b * step; j < std::min(cols, (b + 1) * step); ++j) perm.push_back(j);
-  std::vector<float> hp(size_t(cols * cols)), wp(size_t(rows * cols));
-  for (int64_t i = 0; i < cols; ++i)
-    for (int64_t j = 0; j < cols; ++j) hp[size_t(i * cols + j)] = h[size_t(perm[i] * cols + perm[j])];
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t p = 0; p < cols; ++p) wp[size_t(r * cols + p)] = w[size_t(r * cols + perm[p])];
-  h.clear();
-  const std::vector<float> u = inverse_cholesky_upper(std::move(hp), cols);
+  const std::vector<int64_t> perm = processing_order(importance, step, opt.act_order);
+  const bool natural = std::is_sorted(perm.begin(), perm.end());
+  Buffer rev = reversed_hessian(h_in, cols, perm, importance, opt.damp);
+  std::optional<SingleThreadedBlas> blas_guard(std::in_place);
+  Buffer scratch;
+  const Buffer m = feedback_matrix(rev, cols, step, scratch);
+  const UpperFactor v{rev, cols};
+  // Original and effective (original + fed-back error) weights, column-major in processing
+  // order: the encoder reads whole columns, and every feedback writes whole columns.
+  const Buffer wo = columns_in_order(w, rows, cols, perm);
+  Buffer weff = wo;
 
   // Lazy batches: a multiple of the step and of the encoder's lookahead, >= opt.batch.
-  // A batch is held transposed (column-major: one column contiguous) so the per-column
-  // error feedback inside it streams through memory; later columns get the batch's
-  // errors in one SGEMM at its end.
-  const int64_t unit = std::lcm(step, std::max<int64_t>(1, enc->lookahead()));
+  // Inside a batch, sub-blocks feed their errors to the rest of the batch in one product;
+  // inside a sub-block the feedback is immediate, so the columns an encoder may look ahead
+  // at (a unit: a multiple of its lookahead) are current when it reaches them. Later
+  // batches get a batch's errors in one product at its end.
+  const int64_t lookahead = std::max<int64_t>(1, enc->lookahead());
+  const int64_t unit = std::lcm(step, lookahead);
   const int64_t batch = unit * std::max<int64_t>(1, (std::max<int64_t>(opt.batch, unit) + unit - 1) / unit);
-  std::vector<float> wb(size_t(batch * rows)), err(size_t(batch * rows)), deq(size_t(step * rows)), cur;
-  ThreadPool& pool = global_pool();
-  const int blas_threads = openblas_get_num_threads();
-  openblas_set_num_threads(1);
+  const int64_t sub = unit * std::max<int64_t>(1, 16 / unit);
+  std::vector<float> err(size_t(batch * rows)), deq(size_t(step * rows)), cur;
+  // Columns [c0, c1) += sum over the columns [k0, k1) of the batch from b0: E_k M[k, c],
+  // as (c1 - c0) x rows: M^T E^T.
+  auto feed_forward = [&](int64_t b0, int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
+    gemm_acc(c1 - c0, rows, k1 - k0, View{&m[size_t(k0 * cols + c0)], 1, cols},
+             View{&err[size_t((k0 - b0) * rows)], rows, 1}, &weff[size_t(c0 * rows)], rows, scratch);
+  };
   for (int64_t b0 = 0; b0 < cols; b0 += batch) {
-    const int64_t b1 = std::min(cols, b0 + batch), nb = b1 - b0;
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < nb; ++j) wb[size_t(j * rows + r)] = wp[size_t(r * cols + b0 + j)];
-    for (int64_t p = b0; p < b1; p += step) {
-      const int64_t s = std::min(step, cols - p);  // the last block may be short
-      const int64_t c = perm[size_t(p)];           // its first original column
-      float* col = &wb[size_t((p - b0) * rows)];
-      if (natural) {
-        enc->encode(c, col, 1, rows, deq.data());
-      } else {  // out of order: the encoder gets this block's columns only
-        cur.assign(col, col + s * rows);
-        enc->encode(c, cur.data(), 1, rows, deq.data());
-      }
-      // E = (W_b - Q_b) U_bb^-1 (column-major s x rows: E^T = U_bb^-T D^T).
-      float* e = &err[size_t((p - b0) * rows)];
-      for (int64_t i = 0; i < s * rows; ++i) e[i] = col[i] - deq[size_t(i)];
-      cblas_strsm(CblasRowMajor, CblasLeft, CblasUpper, CblasTrans, CblasNonUnit, int(s), int(rows), 1.0f,
-                  &u[size_t(p * cols + p)], int(cols), e, int(rows));
-      std::copy(deq.begin(), deq.begin() + s * rows, col);
-      // Feed the error into the rest of this batch now: W_k -= sum_i E_i U[p+i, k].
-      const int64_t rest0 = p + s;
-      pool.parallel_for(b1 - rest0, [&](int64_t k0, int64_t k1) {
-        for (int64_t k = rest0 + k0; k < rest0 + k1; ++k) {
-          float* wk = &wb[size_t((k - b0) * rows)];
-          for (int64_t i = 0; i < s; ++i) {
-            const float f = u[size_t((p + i) * cols + k)];
-            const float* ei = e + i * rows;
-            for (int64_t r = 0; r < rows; ++r) wk[r] -= ei[r] * f;
-          }
+    const int64_t b1 = std::min(cols, b0 + batch);
+    for (int64_t s0 = b0; s0 < b1; s0 += sub) {
+      const int64_t s1 = std::min(b1, s0 + sub);
+      for (int64_t p = s0; p < s1; p += step) {
+        const int64_t s = std::min(step, cols - p);  // the last block may be short
+        const int64_t c = perm[size_t(p)];           // its first original column
+        const float* col = &weff[size_t(p * rows)];
+        if (!natural) {  // out of order: the encoder gets this block's columns only
+          cur.assign(col, col + s * rows);
+          col = cur.data();
+        } else if (lookahead > step && p % lookahead == 0) {
+          lookahead_view(col, &wo[size_t(p * rows)], v, p, std::min(lookahead, b1 - p), step, rows, cur);
+          col = cur.data();
         }
-      });
+        enc->encode(c, col, 1, rows, deq.data());
+        float* e = &err[size_t((p - b0) * rows)];
+        const float* o = &wo[size_t(p * rows)];
+        for (int64_t i = 0; i < s * rows; ++i) e[i] = o[i] - deq[size_t(i)];
+        feed_columns(e, s, &m[size_t(p * cols)], cols, p + s, s1, weff.data(), rows);
+      }
+      feed_forward(b0, s0, s1, s1, b1);
     }
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < nb; ++j) wp[size_t(r * cols + b0 + j)] = wb[size_t(j * rows + r)];
-    // ... and into every later column at the end of the batch (BLAS-3): W -= E^T U. Rows
-    // are split over quantkit's pool with single-threaded OpenBLAS inside, so the two
-    // thread pools never compete for the cores.
-    if (b1 < cols)
-      pool.parallel_for(rows, [&](int64_t r0, int64_t r1) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(r1 - r0), int(cols - b1), int(nb), -1.0f,
-                    err.data() + r0, int(rows), &u[size_t(b0 * cols + b1)], int(cols), 1.0f,
-                    &wp[size_t(r0 * cols + b1)], int(cols));
-      });
+    feed_forward(b0, b0, b1, b1, cols);
   }
-  openblas_set_num_threads(blas_threads);
+  blas_guard.reset();
   res.packed = enc->finish();
   if (opt.compute_objective) {
     std::vector<float> q(size_t(rows * cols));

@@ -349,21 +349,28 @@ class CodebookFormat : public Format {
     return sv;
   }
 
+  // Coordinate l of group g of vector `vec` (row-major over the block): the sum of its
+  // stages' codewords.
+  float codeword_sum(const CodebookBlock& blk, int64_t vec, int64_t g, int64_t l) const {
+    const int64_t d = p_.sub_dim();
+    float s = 0;
+    for (int64_t m = 0; m < p_.stages; ++m) {
+      const int64_t cb = g * p_.stages + m;
+      const uint32_t idx = blk.indices[size_t(vec * p_.codes_per_vector() + cb)];
+      s += blk.codebooks[size_t(cb)][size_t(int64_t(idx) * d + l)];
+    }
+    return s;
+  }
+
   // Row r of the block without its row scale: sum over stages of the codewords, in y/s units.
   void decode_row_unscaled(const CodebookBlock& blk, int64_t r, int64_t cols, float* out) const {
-    const int64_t nv = p_.vectors_per_row(cols), d = p_.sub_dim(), per_vector = p_.codes_per_vector();
+    const int64_t nv = p_.vectors_per_row(cols), d = p_.sub_dim();
     for (int64_t v = 0; v < nv; ++v)
       for (int64_t g = 0; g < p_.groups; ++g)
         for (int64_t l = 0; l < d; ++l) {
           const int64_t c = v * p_.dim + g * d + l;
           if (c >= cols) continue;
-          float s = 0;
-          for (int64_t m = 0; m < p_.stages; ++m) {
-            const int64_t cb = g * p_.stages + m;
-            const uint32_t idx = blk.indices[size_t((r * nv + v) * per_vector + cb)];
-            s += blk.codebooks[size_t(cb)][size_t(int64_t(idx) * d + l)];
-          }
-          out[c] = s;
+          out[c] = codeword_sum(blk, r * nv + v, g, l);
         }
   }
 
@@ -481,13 +488,7 @@ class CodebookColumnEncoder : public ColumnEncoder {
         for (int64_t l = 0; l < d; ++l) {
           const int64_t j = g * d + l;
           if (j >= width) continue;
-          float sum = 0;
-          for (int64_t m = 0; m < p_.stages; ++m) {
-            const int64_t cb = g * p_.stages + m;
-            const uint32_t idx = blk.indices[size_t((br * nv + v) * per_vector + cb)];
-            sum += blk.codebooks[size_t(cb)][size_t(int64_t(idx) * d + l)];
-          }
-          deq[j * rows_ + r] = sum * s;
+          deq[j * rows_ + r] = f_.codeword_sum(blk, br * nv + v, g, l) * s;
         }
       }
     }
