@@ -22,7 +22,7 @@ int run_inspect(const InspectArgs& a) {
   for (const auto& t : m.tensors) {
     total_bytes += t.nbytes;
     total_params += uint64_t(t.numel());
-    tensors.push_back({{"name", t.name}, {"shape", t.shape}, {"type", dtype_name(t.type)}, {"bytes", t.nbytes},
+    tensors.push_back({{"name", t.name}, {"shape", t.shape}, {"type", t.type == DType::QK ? t.format : dtype_name(t.type)}, {"bytes", t.nbytes},
                        {"bits_per_weight", 8.0 * double(t.nbytes) / double(t.numel())}});
   }
   nlohmann::json cfg = {{"dim", c.dim}, {"n_layers", c.n_layers}, {"n_heads", c.n_heads},
@@ -53,9 +53,9 @@ int run_inspect(const InspectArgs& a) {
                 m.vocab->bos_id, m.vocab->eos_id);
   else
     std::printf("tokenizer     none\n");
-  std::printf("\n%-32s %-16s %-7s %12s %8s\n", "tensor", "shape", "type", "bytes", "bits/w");
+  std::printf("\n%-32s %-16s %-14s %12s %8s\n", "tensor", "shape", "type", "bytes", "bits/w");
   for (const auto& t : tensors)
-    std::printf("%-32s %-16s %-7s %12llu %8.3f\n", t["name"].get<std::string>().c_str(),
+    std::printf("%-32s %-16s %-14s %12llu %8.3f\n", t["name"].get<std::string>().c_str(),
                 shape_str(t["shape"].get<std::vector<int64_t>>()).c_str(), t["type"].get<std::string>().c_str(),
                 (unsigned long long)t["bytes"].get<uint64_t>(), t["bits_per_weight"].get<double>());
   std::printf("\n%zu tensors, %llu parameters, %llu bytes (%.2f MiB), %.3f bits/weight\n", m.tensors.size(),
