@@ -265,3 +265,24 @@ TEST(QuantizeCli, SplitQuantReportsItsSizeCost) {
   LlamaModel run(m);
   EXPECT_GT(run.weight_bytes(), 0u);
 }
+
+// A Hugging Face (NeoX rope layout) input is brought to GGUF's layout before quantizing:
+// quantizing the safetensors copy of aidreams gives the same GGUF bytes as quantizing the
+// llama2.c original.
+TEST(QuantizeModel, SafetensorsInputGivesTheSameGguf) {
+  const std::string dir = qk_test::temp_dir("quantize_hf");
+  save_safetensors_model(aidreams(), dir + "/hf", DType::F32);
+  const ModelFile hf = load_model(dir + "/hf");
+  ASSERT_EQ(hf.config.rope_style, RopeStyle::NeoX);
+  const QuantizeResult a = quantize_model(aidreams(), with_format("q4_0"), nullptr, 1);
+  const QuantizeResult b = quantize_model(hf, with_format("q4_0"), nullptr, 1);
+  EXPECT_EQ(b.model.config.rope_style, RopeStyle::Normal);
+  for (const char* name : {"blk.1.attn_q.weight", "blk.1.attn_k.weight", "blk.2.ffn_up.weight"}) {
+    const TensorView &x = a.model.get(name), &y = b.model.get(name);
+    ASSERT_EQ(x.nbytes, y.nbytes) << name;
+    EXPECT_EQ(0, std::memcmp(x.data, y.data, x.nbytes)) << name;
+  }
+  save_gguf_model(b.model, dir + "/m.gguf");
+  const std::vector<int> tokens = {1, 403, 407, 261, 378};
+  EXPECT_EQ(logits_of(a.model, tokens), logits_of(load_model(dir + "/m.gguf"), tokens));
+}
