@@ -159,6 +159,27 @@ TEST(Gptq, VectorCodebooksGetSecondOrderFeedback) {
   }
 }
 
+// Binary and ternary with row / tensor scales: GPTQ column by column with the scales fitted
+// up front beats quantizing with the diagonal importance alone.
+TEST(Gptq, RowScaledTernaryAndBinaryGetColumnFeedback) {
+  const int64_t rows = 64, cols = 128;
+  auto w = qk_test::gaussian(size_t(rows * cols), 9);
+  auto h = correlated_hessian(cols, 512, 10);
+  std::vector<float> diag(static_cast<size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) diag[size_t(j)] = float(h[size_t(j * cols + j)]);
+  for (const char* spec : {"ternary:opt:row", "ternary:absmean:tensor", "binary:row"}) {
+    auto f = make_format(spec);
+    GptqOptions opt;
+    opt.compute_objective = true;
+    GptqResult g = gptq_quantize(*f, w.data(), rows, cols, h.data(), opt);
+    EXPECT_EQ(g.step, 1) << spec;
+    auto weighted = dequantized(*f, f->quantize(w.data(), rows, cols, diag.data()));
+    const double obj_weighted = hessian_objective(w.data(), weighted.data(), rows, cols, h.data());
+    std::printf("%s: gptq objective %.4g, weighted %.4g\n", spec, g.objective, obj_weighted);
+    EXPECT_LT(g.objective, 0.95 * obj_weighted) << spec;
+  }
+}
+
 TEST(Gptq, DeadColumnsAreZeroed) {
   const int64_t rows = 16, cols = 64;
   auto w = qk_test::gaussian(size_t(rows * cols), 4);

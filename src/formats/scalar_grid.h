@@ -134,6 +134,44 @@ inline float max_abs(const float* x, int64_t n) {
   return m;
 }
 
+// ---- second-order (GPTQ) encoding with row or tensor scales ------------------------------
+
+// GPTQ column by column for formats that decode weight (r, c) as a function of one code and
+// its row's (or the tensor's) scale: the scales are fitted once on the initial weights
+// (with importance), then each column's codes are chosen from the current, error-updated
+// values. (Group formats use Format's default block encoder instead: their groups' scales
+// are chosen when GPTQ reaches the group.)
+class FixedScaleColumnEncoder : public ColumnEncoder {
+ public:
+  using Code = std::function<uint32_t(float x, float scale)>;
+  using Value = std::function<float(uint32_t code, float scale)>;
+  // Packs the scales (one per row, or one) and the codes (rows x cols, row-major).
+  using Pack = std::function<Packed(const std::vector<float>& scales, const std::vector<uint32_t>& codes)>;
+
+  FixedScaleColumnEncoder(int64_t rows, int64_t cols, std::vector<float> scales, Code code, Value value, Pack pack)
+      : rows_(rows), cols_(cols), scales_(std::move(scales)), codes_(size_t(rows * cols)), code_(std::move(code)),
+        value_(std::move(value)), pack_(std::move(pack)) {}
+
+  int64_t step() const override { return 1; }
+  void encode(int64_t c, const float* cur, int64_t rs, int64_t, float* deq) override {
+    for (int64_t r = 0; r < rows_; ++r) {
+      const float scale = scales_.size() == 1 ? scales_[0] : scales_[size_t(r)];
+      const uint32_t code = code_(cur[r * rs], scale);
+      codes_[size_t(r * cols_ + c)] = code;
+      deq[r] = value_(code, scale);
+    }
+  }
+  Packed finish() override { return pack_(scales_, codes_); }
+
+ private:
+  int64_t rows_, cols_;
+  std::vector<float> scales_;
+  std::vector<uint32_t> codes_;
+  Code code_;
+  Value value_;
+  Pack pack_;
+};
+
 // ---- sorted groups -------------------------------------------------------------------------
 
 // A group's values sorted ascending with prefix sums of weight, weight*x, weight*x^2 and x:

@@ -126,17 +126,26 @@ class TernaryFormat : public Format {
 
   Packed quantize(const float* w, int64_t rows, int64_t cols, const float* imp) const override {
     const auto spans = grid::group_spans(grouping_, rows, cols);
-    std::vector<float> scales(spans.size());
+    const std::vector<float> scales = fit_scales(w, rows, cols, imp);
     std::vector<int8_t> trits(size_t(rows * cols));
-    grid::for_each_group(spans, rows, cols, imp, [&](size_t i, const GroupSpan& s, const float* gi) {
-      const float* x = w + s.offset;
-      scales[i] = grid::round_scale(float(scale_of(x, gi, s.n)), storage_);
-      for (int64_t j = 0; j < s.n; ++j) trits[size_t(s.offset + j)] = to_trit(x[j], scales[i]);
-    });
-    BitWriter bw;
-    for (float s : scales) grid::put_scale(bw, s, storage_);
-    put_trits(bw, trits.data(), rows * cols);
-    return finish_packed(bw, rows, cols, storage_bits(rows, cols));
+    for (size_t i = 0; i < spans.size(); ++i)
+      for (int64_t j = spans[i].offset; j < spans[i].offset + spans[i].n; ++j) trits[size_t(j)] = to_trit(w[j], scales[i]);
+    return pack(scales, trits, rows, cols);
+  }
+
+  // Row and tensor scales: GPTQ column by column with the scales fitted up front.
+  std::unique_ptr<ColumnEncoder> column_encoder(const float* w, int64_t rows, int64_t cols, const float* imp,
+                                                bool static_groups) const override {
+    if (grouping_.kind == Grouping::Group) return Format::column_encoder(w, rows, cols, imp, static_groups);
+    return std::make_unique<grid::FixedScaleColumnEncoder>(
+        rows, cols, fit_scales(w, rows, cols, imp),
+        [](float x, float scale) { return uint32_t(to_trit(x, scale) + 1); },
+        [](uint32_t code, float scale) { return scale * float(int(code) - 1); },
+        [this, rows, cols](const std::vector<float>& scales, const std::vector<uint32_t>& codes) {
+          std::vector<int8_t> trits(codes.size());
+          for (size_t i = 0; i < codes.size(); ++i) trits[i] = int8_t(int(codes[i]) - 1);
+          return pack(scales, trits, rows, cols);
+        });
   }
 
   void dequantize(const Packed& pk, float* out) const override {
@@ -168,6 +177,22 @@ class TernaryFormat : public Format {
       case TernaryRule::AbsMedian: return median_abs(x, n);
       default: return optimal_ternary_scale(x, imp, n);
     }
+  }
+
+  std::vector<float> fit_scales(const float* w, int64_t rows, int64_t cols, const float* imp) const {
+    const auto spans = grid::group_spans(grouping_, rows, cols);
+    std::vector<float> scales(spans.size());
+    grid::for_each_group(spans, rows, cols, imp, [&](size_t i, const GroupSpan& s, const float* gi) {
+      scales[i] = grid::round_scale(float(scale_of(w + s.offset, gi, s.n)), storage_);
+    });
+    return scales;
+  }
+
+  Packed pack(const std::vector<float>& scales, const std::vector<int8_t>& trits, int64_t rows, int64_t cols) const {
+    BitWriter bw;
+    for (float s : scales) grid::put_scale(bw, s, storage_);
+    put_trits(bw, trits.data(), rows * cols);
+    return finish_packed(bw, rows, cols, storage_bits(rows, cols));
   }
 
   std::vector<GroupSpan> read(const Packed& pk, std::vector<float>& scales, std::vector<int8_t>& trits) const {
@@ -203,17 +228,21 @@ class BinaryFormat : public Format {
   }
 
   Packed quantize(const float* w, int64_t rows, int64_t cols, const float* imp) const override {
-    const auto spans = grid::group_spans(grouping_, rows, cols);
-    std::vector<float> scales(spans.size());
-    grid::for_each_group(spans, rows, cols, imp, [&](size_t i, const GroupSpan& s, const float* gi) {
-      scales[i] = grid::round_scale(float(weighted_mean_abs(w + s.offset, gi, s.n)), storage_);
-    });
-    BitWriter bw;
-    for (size_t i = 0; i < spans.size(); ++i) {
-      grid::put_scale(bw, scales[i], storage_);
-      for (int64_t j = spans[i].offset; j < spans[i].offset + spans[i].n; ++j) bw.put(w[j] >= 0.0f ? 1 : 0, 1);
-    }
-    return finish_packed(bw, rows, cols, storage_bits(rows, cols));
+    std::vector<uint32_t> signs(size_t(rows * cols));
+    for (int64_t j = 0; j < rows * cols; ++j) signs[size_t(j)] = w[j] >= 0.0f ? 1 : 0;
+    return pack(fit_scales(w, rows, cols, imp), signs, rows, cols);
+  }
+
+  // Row and tensor scales: GPTQ column by column with the scales fitted up front.
+  std::unique_ptr<ColumnEncoder> column_encoder(const float* w, int64_t rows, int64_t cols, const float* imp,
+                                                bool static_groups) const override {
+    if (grouping_.kind == Grouping::Group) return Format::column_encoder(w, rows, cols, imp, static_groups);
+    return std::make_unique<grid::FixedScaleColumnEncoder>(
+        rows, cols, fit_scales(w, rows, cols, imp), [](float x, float) { return x >= 0.0f ? 1u : 0u; },
+        [](uint32_t code, float scale) { return code ? scale : -scale; },
+        [this, rows, cols](const std::vector<float>& scales, const std::vector<uint32_t>& codes) {
+          return pack(scales, codes, rows, cols);
+        });
   }
 
   void dequantize(const Packed& pk, float* out) const override {
@@ -229,6 +258,26 @@ class BinaryFormat : public Format {
   int64_t column_group(int64_t cols) const override { return grouping_.kind == Grouping::Group ? grouping_.size : 0; }
 
  private:
+  std::vector<float> fit_scales(const float* w, int64_t rows, int64_t cols, const float* imp) const {
+    const auto spans = grid::group_spans(grouping_, rows, cols);
+    std::vector<float> scales(spans.size());
+    grid::for_each_group(spans, rows, cols, imp, [&](size_t i, const GroupSpan& s, const float* gi) {
+      scales[i] = grid::round_scale(float(weighted_mean_abs(w + s.offset, gi, s.n)), storage_);
+    });
+    return scales;
+  }
+
+  // Scale of each group, then its signs (1: non-negative).
+  Packed pack(const std::vector<float>& scales, const std::vector<uint32_t>& signs, int64_t rows, int64_t cols) const {
+    BitWriter bw;
+    const auto spans = grid::group_spans(grouping_, rows, cols);
+    for (size_t i = 0; i < spans.size(); ++i) {
+      grid::put_scale(bw, scales[i], storage_);
+      for (int64_t j = spans[i].offset; j < spans[i].offset + spans[i].n; ++j) bw.put(signs[size_t(j)], 1);
+    }
+    return finish_packed(bw, rows, cols, storage_bits(rows, cols));
+  }
+
   void read(const Packed& pk, const std::function<void(int64_t, float, bool)>& weight) const {
     if (pk.bits != storage_bits(pk.rows, pk.cols))
       fail("packed {} holds {} bits, expected {}", spec(), pk.bits, storage_bits(pk.rows, pk.cols));
