@@ -159,7 +159,8 @@ TEST(Gptq, VectorCodebooksGetSecondOrderFeedback) {
   }
 }
 
-// Binary and ternary with row / tensor scales: GPTQ column by column with the scales fitted
+// Scalar grids (binary, ternary, NF, power-of-two/sqrt(2), NUPES) with row / tensor scales:
+// GPTQ column by column with the scales fitted
 // up front beats quantizing with the diagonal importance alone.
 TEST(Gptq, RowScaledTernaryAndBinaryGetColumnFeedback) {
   const int64_t rows = 64, cols = 128;
@@ -167,7 +168,8 @@ TEST(Gptq, RowScaledTernaryAndBinaryGetColumnFeedback) {
   auto h = correlated_hessian(cols, 512, 10);
   std::vector<float> diag(static_cast<size_t>(cols));
   for (int64_t j = 0; j < cols; ++j) diag[size_t(j)] = float(h[size_t(j * cols + j)]);
-  for (const char* spec : {"ternary:opt:row", "ternary:absmean:tensor", "binary:row"}) {
+  for (const char* spec : {"ternary:opt:row", "ternary:absmean:tensor", "binary:row", "nf4:row", "pow2:b3:row",
+                           "sqrt2:b4:tensor", "nupes:b3:row"}) {
     auto f = make_format(spec);
     GptqOptions opt;
     opt.compute_objective = true;

@@ -130,28 +130,27 @@ class GridFormat : public Format {
   }
 
   Packed quantize(const float* w, int64_t rows, int64_t cols, const float* imp) const override {
-    const auto spans = grid::group_spans(p_.grouping, rows, cols);
-    BitWriter bw;
-    LevelTable table = table_;
-    if (p_.kind == GridKind::Nupes) {
-      const float a = search_exponent(w, spans, cols, imp);
-      bw.put_f16(a);
-      table = LevelTable(power_exponent_levels(p_.bits, a));
-    }
-    std::vector<float> scales(spans.size());
+    const Fit f = fit(w, rows, cols, imp);
     std::vector<uint32_t> codes(size_t(rows * cols));
-    const bool search = p_.kind != GridKind::NormalFloat || p_.mse;
-    grid::for_each_group(spans, rows, cols, imp, [&](size_t i, const GroupSpan& s, const float* gi) {
-      const float* x = w + s.offset;
-      scales[i] = search ? grid::search_grid_scale(table, grid::sorted_sample(x, gi, s.n), storage_).scale
-                         : grid::absmax_scale(table, x, s.n, storage_);
-      grid::encode_grid(table, scales[i], x, s.n, codes.data() + s.offset);
-    });
-    for (size_t i = 0; i < spans.size(); ++i) {
-      grid::put_scale(bw, scales[i], storage_);
-      grid::put_codes(bw, codes.data() + spans[i].offset, spans[i].n, p_.bits);
-    }
-    return finish_packed(bw, rows, cols, storage_bits(rows, cols));
+    const auto spans = grid::group_spans(p_.grouping, rows, cols);
+    for (size_t i = 0; i < spans.size(); ++i)
+      grid::encode_grid(f.table, f.scales[i], w + spans[i].offset, spans[i].n, codes.data() + spans[i].offset);
+    return pack(f, codes, rows, cols);
+  }
+
+  // Row and tensor scales (and NUPES's per-tensor exponent): GPTQ column by column with the
+  // grid and scales fitted up front. Groups: Format's block encoder.
+  std::unique_ptr<ColumnEncoder> column_encoder(const float* w, int64_t rows, int64_t cols, const float* imp,
+                                                bool static_groups) const override {
+    if (p_.grouping.kind == Grouping::Group) return Format::column_encoder(w, rows, cols, imp, static_groups);
+    auto f = std::make_shared<Fit>(fit(w, rows, cols, imp));
+    return std::make_unique<grid::FixedScaleColumnEncoder>(
+        rows, cols, f->scales,
+        [f](float x, float scale) { return f->table.nearest(scale == 0.0f ? 0.0f : x / scale); },
+        [f](uint32_t code, float scale) { return scale * f->table.value(code); },
+        [this, f, rows, cols](const std::vector<float>&, const std::vector<uint32_t>& codes) {
+          return pack(*f, codes, rows, cols);
+        });
   }
 
   void dequantize(const Packed& pk, float* out) const override {
@@ -181,6 +180,42 @@ class GridFormat : public Format {
   };
 
   int header_bits() const { return p_.kind == GridKind::Nupes ? 16 : 0; }
+
+  // The grid (NUPES: its searched exponent) and the scale of every group.
+  struct Fit {
+    float exponent = 0;
+    LevelTable table;
+    std::vector<float> scales;
+  };
+
+  Fit fit(const float* w, int64_t rows, int64_t cols, const float* imp) const {
+    const auto spans = grid::group_spans(p_.grouping, rows, cols);
+    Fit f;
+    f.table = table_;
+    if (p_.kind == GridKind::Nupes) {
+      f.exponent = search_exponent(w, spans, cols, imp);
+      f.table = LevelTable(power_exponent_levels(p_.bits, f.exponent));
+    }
+    f.scales.resize(spans.size());
+    const bool search = p_.kind != GridKind::NormalFloat || p_.mse;
+    grid::for_each_group(spans, rows, cols, imp, [&](size_t i, const GroupSpan& s, const float* gi) {
+      const float* x = w + s.offset;
+      f.scales[i] = search ? grid::search_grid_scale(f.table, grid::sorted_sample(x, gi, s.n), storage_).scale
+                           : grid::absmax_scale(f.table, x, s.n, storage_);
+    });
+    return f;
+  }
+
+  Packed pack(const Fit& f, const std::vector<uint32_t>& codes, int64_t rows, int64_t cols) const {
+    BitWriter bw;
+    if (p_.kind == GridKind::Nupes) bw.put_f16(f.exponent);
+    const auto spans = grid::group_spans(p_.grouping, rows, cols);
+    for (size_t i = 0; i < spans.size(); ++i) {
+      grid::put_scale(bw, f.scales[i], storage_);
+      grid::put_codes(bw, codes.data() + spans[i].offset, spans[i].n, p_.bits);
+    }
+    return finish_packed(bw, rows, cols, storage_bits(rows, cols));
+  }
 
   Contents read(const Packed& pk) const {
     if (pk.bits != storage_bits(pk.rows, pk.cols))
