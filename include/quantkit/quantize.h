@@ -3,6 +3,7 @@
 // whose matrices are packed (llama.cpp block types or quantkit formats) and a report.
 #pragma once
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,6 +60,28 @@ struct TensorReport {
   std::string method;            // method actually used ("rtn" for uncalibrated tensors)
   double seconds = 0;
 };
+
+// One quantized tensor: its view and the bytes it points to, the decoded weights and its
+// report row.
+struct QuantizedTensor {
+  TensorView view;
+  std::shared_ptr<std::vector<uint8_t>> bytes;  // null when the view points into the input
+  Tensor decoded;
+  TensorReport report;
+};
+
+// Quantizes one tensor according to its plan; h is its input Hessian (null: uncalibrated,
+// the method falls back to rtn).
+QuantizedTensor quantize_tensor(const TensorView& src, const TensorPlan& plan, QuantMethod method,
+                                const InputHessian* h, const GptqOptions& gptq);
+
+// tr((W-Q) H (W-Q)^T) and tr(W H W^T), per row, estimated on at most 256 evenly spaced rows
+// (one DGEMM); w, q: rows x cols, h: cols x cols.
+struct HessianError {
+  double error = 0, reference = 0;
+};
+HessianError sampled_hessian_error(const float* w, const float* q, int64_t rows, int64_t cols,
+                                   const std::vector<double>& h);
 
 struct QuantizeResult {
   ModelFile model;  // owns its tensor bytes (storage)

@@ -4,31 +4,26 @@
 // weights into the FP model and advance the hidden states through it.
 #include <cblas.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
 
+#include "formats/ggml_encode.h"
 #include "formats/ggml_formats.h"
 #include "io/llama_tensors.h"
 #include "quantkit/error.h"
 #include "quantkit/fp16.h"
 #include "quantkit/packed_tensor.h"
 #include "quantkit/quantize.h"
+#include "quantkit/thread_pool.h"
 
 namespace quantkit {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// One output tensor: its view and the bytes it points to, the decoded weights (to run
-// the next calibration step on the quantized layer) and its report row.
-struct QuantizedTensor {
-  TensorView view;
-  std::shared_ptr<std::vector<uint8_t>> bytes;
-  Tensor decoded;
-  TensorReport report;
-};
 
 std::vector<float> pad_columns(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t stored) {
   if (stored == cols) return w;
@@ -37,16 +32,39 @@ std::vector<float> pad_columns(const std::vector<float>& w, int64_t rows, int64_
   return out;
 }
 
+// The report's error statistics, summed row by row (rows in order, so the totals do not
+// depend on the thread count). Four partial sums per quantity keep the adds independent.
+struct ErrorSums {
+  double err = 0, ref = 0, werr = 0, wref = 0;
+
+  // importance: per column, or empty (weight 1: the weighted sums equal the plain ones).
+  static ErrorSums of_row(const float* w, const float* q, int64_t cols, const std::vector<float>& importance) {
+    double e[4] = {}, r[4] = {}, we[4] = {}, wr[4] = {};
+    const float* imp = importance.empty() ? nullptr : importance.data();
+    for (int64_t j = 0; j < cols; ++j) {
+      const double d = double(w[j]) - q[j], x = w[j];
+      e[j % 4] += d * d, r[j % 4] += x * x;
+      if (imp) we[j % 4] += imp[j] * d * d, wr[j % 4] += imp[j] * x * x;
+    }
+    ErrorSums s;
+    s.err = (e[0] + e[1]) + (e[2] + e[3]), s.ref = (r[0] + r[1]) + (r[2] + r[3]);
+    s.werr = imp ? (we[0] + we[1]) + (we[2] + we[3]) : s.err;
+    s.wref = imp ? (wr[0] + wr[1]) + (wr[2] + wr[3]) : s.ref;
+    return s;
+  }
+  void add(const ErrorSums& o) { err += o.err, ref += o.ref, werr += o.werr, wref += o.wref; }
+  void report(TensorReport& rep) const {
+    rep.weighted_rel_error = wref > 0 ? werr / wref : 0;
+    rep.sqnr_db = err > 0 ? 10 * std::log10(ref / err) : INFINITY;
+  }
+};
+
 void fill_errors(TensorReport& rep, const Tensor& w, const Tensor& q, const std::vector<float>& importance) {
   const int64_t cols = w.cols();
-  double err = 0, ref = 0, werr = 0, wref = 0;
-  for (int64_t i = 0; i < w.numel(); ++i) {
-    const double d = double(w.data[size_t(i)]) - q.data[size_t(i)], x = w.data[size_t(i)];
-    const double imp = importance.empty() ? 1.0 : importance[size_t(i % cols)];
-    err += d * d, ref += x * x, werr += imp * d * d, wref += imp * x * x;
-  }
-  rep.weighted_rel_error = wref > 0 ? werr / wref : 0;
-  rep.sqnr_db = err > 0 ? 10 * std::log10(ref / err) : INFINITY;
+  ErrorSums total;
+  for (int64_t r = 0; r < w.rows(); ++r)
+    total.add(ErrorSums::of_row(&w.data[size_t(r * cols)], &q.data[size_t(r * cols)], cols, importance));
+  total.report(rep);
 }
 
 TensorView view_of(const TensorView& src, DType type, const std::vector<uint8_t>& bytes) {
@@ -100,33 +118,104 @@ std::vector<double> padded_hessian(const InputHessian& h, int64_t cols) {
   return out;
 }
 
-// tr((W-Q) H (W-Q)^T) / rows on at most 256 evenly spaced rows (an unbiased estimate that
-// costs one small DGEMM; candidates are compared on the same rows).
 double hessian_error(const Format& f, const std::vector<float>& w, const Packed& p, const std::vector<double>& h) {
-  const int64_t rows = p.rows, cols = p.cols, stride = std::max<int64_t>(1, rows / 256);
-  std::vector<float> q(static_cast<size_t>(rows * cols));
+  std::vector<float> q(static_cast<size_t>(p.rows * p.cols));
   f.dequantize(p, q.data());
-  const int64_t n = (rows + stride - 1) / stride;
-  std::vector<double> e(static_cast<size_t>(n * cols)), eh(e.size());
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < cols; ++j)
-      e[size_t(i * cols + j)] = double(w[size_t(i * stride * cols + j)]) - q[size_t(i * stride * cols + j)];
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(cols), int(cols), 1.0, e.data(), int(cols),
-              h.data(), int(cols), 0.0, eh.data(), int(cols));
-  double total = 0;
-  for (size_t i = 0; i < e.size(); ++i) total += e[i] * eh[i];
-  return total / double(n);
+  return sampled_hessian_error(w.data(), q.data(), p.rows, p.cols, h).error;
+}
+
+// Whether round-to-nearest into a llama.cpp block type can go row by row: its rows are
+// encoded independently (the rows' bytes concatenate to the tensor's) and can be read one
+// by one from the input.
+bool streams_by_rows(const TensorView& src, const TensorPlan& plan) {
+  if (plan.kind != TensorPlan::Quantize || src.shape.size() != 2 || plan.stored_cols != src.shape[1]) return false;
+  const std::optional<DType> type = formats::ggml_type_for_spec(plan.spec);
+  if (!type || !ggml::can_encode(*type) || src.type == DType::QK) return false;
+  const DTypeTraits* t = dtype_traits(uint32_t(src.type));
+  return t && t->to_float && src.shape[1] % t->block_size == 0 &&
+         uint64_t(src.shape[0]) * dtype_row_bytes(src.type, src.shape[1]) <= src.nbytes;
+}
+
+// a = min(a, v), atomically.
+void lower_to(std::atomic<int64_t>& a, int64_t v) {
+  for (int64_t cur = a; v < cur && !a.compare_exchange_weak(cur, v);) {
+  }
+}
+
+// Round to nearest into a llama.cpp block type, row by row: each row is converted from the
+// input, encoded (formats/ggml_encode.h: exactly the bytes the format's quantize writes for
+// the row), decoded and compared, while it is in cache. Memory: the output bytes and one
+// row of floats per thread, instead of three float copies of the tensor. The threads take
+// blocks of rows from a shared counter, so a thread slowed down by other work does not
+// hold the tensor up. decoded: filled when asked (calibration installs it).
+QuantizedTensor quantize_by_rows(const TensorView& src, DType type, bool keep_decoded) {
+  const int64_t rows = src.shape[0], cols = src.shape[1], block = 16;
+  const size_t in_row = dtype_row_bytes(src.type, cols), out_row = dtype_row_bytes(type, cols);
+  QuantizedTensor q;
+  q.bytes = std::make_shared<std::vector<uint8_t>>(size_t(rows) * out_row);
+  if (keep_decoded) q.decoded = Tensor(src.shape);
+  std::vector<ErrorSums> row_sums(static_cast<size_t>(rows));
+  std::atomic<int64_t> next{0}, first_bad{rows * cols};  // flat index of the first non-finite weight
+  const std::vector<float> no_importance;
+  ThreadPool& pool = global_pool();
+  pool.parallel_for(pool.size(), [&](int64_t, int64_t) {
+    std::vector<float> w(static_cast<size_t>(cols)), dq(static_cast<size_t>(cols));
+    for (int64_t r0; (r0 = next.fetch_add(block)) < rows;)
+      for (int64_t r = r0; r < std::min(rows, r0 + block); ++r) {
+        dequantize(src.type, static_cast<const uint8_t*>(src.data) + size_t(r) * in_row, w.data(), cols);
+        const int64_t bad = std::find_if(w.begin(), w.end(), [](float x) { return !std::isfinite(x); }) - w.begin();
+        if (bad < cols) {
+          lower_to(first_bad, r * cols + bad);
+          continue;
+        }
+        uint8_t* out = q.bytes->data() + size_t(r) * out_row;
+        ggml::encode_row(type, w.data(), cols, nullptr, out);
+        float* decoded = keep_decoded ? &q.decoded.data[size_t(r * cols)] : dq.data();
+        dequantize(type, out, decoded, cols);
+        row_sums[size_t(r)] = ErrorSums::of_row(w.data(), decoded, cols, no_importance);
+      }
+  });
+  if (first_bad < rows * cols) {
+    const int64_t r = first_bad / cols, c = first_bad % cols;
+    std::vector<float> w(static_cast<size_t>(cols));
+    dequantize(src.type, static_cast<const uint8_t*>(src.data) + size_t(r) * in_row, w.data(), cols);
+    fail("tensor {}: weight at row {}, col {} is {}", src.name, r, c, w[size_t(c)]);
+  }
+  ErrorSums total;
+  for (const ErrorSums& e : row_sums) total.add(e);
+  q.view = view_of(src, type, *q.bytes);
+  total.report(q.report);
+  return q;
+}
+
+// The plan, size and method columns of a tensor's report.
+void describe(TensorReport& rep, const TensorView& src, const TensorPlan& plan, const TensorView& out,
+              bool calibrated, const char* method) {
+  rep.name = src.name;
+  rep.plan = plan;
+  rep.rows = src.shape.size() == 2 ? src.shape[0] : 1;
+  rep.cols = src.shape.back();
+  rep.bits_per_weight = 8.0 * double(out.nbytes) / double(src.numel());
+  rep.calibrated = calibrated;
+  rep.method = plan.kind == TensorPlan::Quantize ? method : "-";
 }
 
 // Quantizes one tensor according to its plan. h: its input Hessian (null: uncalibrated).
-QuantizedTensor quantize_tensor(const TensorView& src, const TensorPlan& plan, QuantMethod method,
-                                const InputHessian* h, const GptqOptions& gptq) {
+// keep_decoded: also return the decoded weights (otherwise they may be left empty).
+QuantizedTensor quantize_one(const TensorView& src, const TensorPlan& plan, QuantMethod method,
+                             const InputHessian* h, const GptqOptions& gptq, bool keep_decoded) {
   const auto t0 = Clock::now();
+  if (h && h->width != src.shape.back()) h = nullptr;
+  if (!h && streams_by_rows(src, plan)) {
+    QuantizedTensor q = quantize_by_rows(src, *formats::ggml_type_for_spec(plan.spec), keep_decoded);
+    describe(q.report, src, plan, q.view, false, method_name(QuantMethod::Rtn));
+    q.report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    return q;
+  }
   const Tensor w = to_float(src);
   QuantizedTensor q;
   std::vector<float> importance;
-  if (h && h->width == src.shape.back()) importance = h->importance();
-  else h = nullptr;
+  if (h) importance = h->importance();
   const QuantMethod used = h ? method : QuantMethod::Rtn;
   QuantMethod picked = used;
   switch (plan.kind) {
@@ -164,13 +253,7 @@ QuantizedTensor quantize_tensor(const TensorView& src, const TensorPlan& plan, Q
     }
   }
   TensorReport& rep = q.report;
-  rep.name = src.name;
-  rep.plan = plan;
-  rep.rows = src.shape.size() == 2 ? src.shape[0] : 1;
-  rep.cols = src.shape.back();
-  rep.bits_per_weight = 8.0 * double(q.view.nbytes) / double(src.numel());
-  rep.calibrated = h != nullptr;
-  rep.method = plan.kind == TensorPlan::Quantize ? method_name(picked) : "-";
+  describe(rep, src, plan, q.view, h != nullptr, method_name(picked));
   fill_errors(rep, w, q.decoded, importance);
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return q;
@@ -221,6 +304,31 @@ void install(LlamaLayer& L, const std::string& name, Tensor w) {
 
 }  // namespace
 
+HessianError sampled_hessian_error(const float* w, const float* q, int64_t rows, int64_t cols,
+                                   const std::vector<double>& h) {
+  const int64_t stride = std::max<int64_t>(1, rows / 256), n = (rows + stride - 1) / stride;
+  std::vector<double> e(static_cast<size_t>(2 * n * cols)), eh(e.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const size_t at = size_t(i * stride * cols + j);
+      e[size_t(i * cols + j)] = double(w[at]) - q[at];
+      e[size_t((n + i) * cols + j)] = w[at];
+    }
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(2 * n), int(cols), int(cols), 1.0, e.data(), int(cols),
+              h.data(), int(cols), 0.0, eh.data(), int(cols));
+  HessianError r;
+  for (size_t i = 0; i < size_t(n * cols); ++i) r.error += e[i] * eh[i];
+  for (size_t i = size_t(n * cols); i < e.size(); ++i) r.reference += e[i] * eh[i];
+  r.error /= double(n);
+  r.reference /= double(n);
+  return r;
+}
+
+QuantizedTensor quantize_tensor(const TensorView& src, const TensorPlan& plan, QuantMethod method,
+                                const InputHessian* h, const GptqOptions& gptq) {
+  return quantize_one(src, plan, method, h, gptq, true);
+}
+
 QuantizeResult quantize_model(const ModelFile& in, const QuantizeOptions& opt, const std::vector<int>* calib_tokens,
                               int bos, const QuantizeProgress& progress) {
   const auto t0 = Clock::now();
@@ -230,10 +338,10 @@ QuantizeResult quantize_model(const ModelFile& in, const QuantizeOptions& opt, c
 
   std::map<std::string, QuantizedTensor> done;
   QuantizeResult res;
-  // Quantizes tensor i; returns its decoded weights, which are not kept (memory).
-  auto run = [&](size_t i, const InputHessian* h) {
+  // Quantizes tensor i; returns its decoded weights if asked (they are not kept: memory).
+  auto run = [&](size_t i, const InputHessian* h, bool decoded) {
     QuantizedTensor& q = done[src.tensors[i].name];
-    q = quantize_tensor(src.tensors[i], plans[i], opt.method, h, opt.gptq);
+    q = quantize_one(src.tensors[i], plans[i], opt.method, h, opt.gptq, decoded);
     return std::move(q.decoded);
   };
   auto index_of = [&](const std::string& name) {
@@ -257,7 +365,7 @@ QuantizeResult quantize_model(const ModelFile& in, const QuantizeOptions& opt, c
         const std::string& name = src.tensors[i].name;
         if (!name.starts_with(prefix)) continue;
         auto which = input_of(name);
-        Tensor decoded = run(i, which ? &hs.of(*which) : nullptr);
+        Tensor decoded = run(i, which ? &hs.of(*which) : nullptr, which.has_value());
         if (which) install(model.layers()[size_t(l)], name, std::move(decoded));
       }
       cal.advance(l);
@@ -265,13 +373,13 @@ QuantizeResult quantize_model(const ModelFile& in, const QuantizeOptions& opt, c
     if (progress) progress("layer", n_layers, n_layers, "output");
     if (!src.config.tied_embeddings) {
       const InputHessian head = cal.capture_head();
-      run(index_of("output.weight"), &head);
+      run(index_of("output.weight"), &head, false);
     }
   }
   for (size_t i = 0; i < src.tensors.size(); ++i) {
     if (done.count(src.tensors[i].name)) continue;
     if (progress) progress("tensor", int(i), int(src.tensors.size()), src.tensors[i].name);
-    run(i, nullptr);
+    run(i, nullptr, false);
   }
 
   res.model = src;

@@ -32,13 +32,13 @@ Progress::Progress(std::string label, int64_t total, std::string unit)
     : label_(std::move(label)), unit_(std::move(unit)), total_(total), tty_(stderr_is_tty()),
       start_(std::chrono::steady_clock::now()) {}
 
-void Progress::update(int64_t done, double units_done) {
+void Progress::update(int64_t done, double units_done, const std::string& what) {
   if (!tty_) return;
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double eta = done > 0 ? s * double(total_ - done) / double(done) : 0;
   std::string rate = unit_.empty() || s <= 0 ? "" : fmt::format(", {:.0f} {}/s", units_done / s, unit_);
-  std::fprintf(stderr, "\r%s %lld/%lld%s, ETA %.0fs   ", label_.c_str(), (long long)done, (long long)total_,
-               rate.c_str(), eta);
+  std::fprintf(stderr, "\r%s %lld/%lld%s%s%s, %.0fs, ETA %.0fs   ", label_.c_str(), (long long)done,
+               (long long)total_, what.empty() ? "" : " ", what.c_str(), rate.c_str(), s, eta);
   std::fflush(stderr);
 }
 

@@ -26,7 +26,8 @@ Tokenizer tokenizer_of(const ModelFile& m);
 class Progress {
  public:
   Progress(std::string label, int64_t total, std::string unit = "");
-  void update(int64_t done, double units_done = 0);
+  // `what`: the item being worked on (e.g. a tensor name), shown after the count.
+  void update(int64_t done, double units_done = 0, const std::string& what = "");
   void finish();
 
  private:

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "cli/budget.h"
 #include "cli/command.h"
 #include "cli/common.h"
 #include "io/model_io.h"
@@ -24,6 +25,7 @@ struct QuantizeArgs {
   int64_t calib_tokens = 0;
   int ctx = 0, eval_ctx = 0, split = 0;
   bool json = false, no_act_order = false;
+  BudgetArgs budget;
 };
 
 enum class OutputKind { Gguf, Safetensors };
@@ -37,8 +39,10 @@ OutputKind output_kind(const std::string& path) {
 
 QuantizeOptions options_of(const QuantizeArgs& a, int model_ctx) {
   QuantizeOptions o;
+  if (a.format.empty() == !a.budget.active())
+    fail("give either --format SPEC or a budget (--target-bpw / --target-size)");
   o.format = a.split > 1 ? fmt::format("split{}:{}", a.split, a.format) : a.format;
-  make_format(o.format);  // a bad spec fails before any work
+  if (!o.format.empty()) make_format(o.format);  // a bad spec fails before any work
   o.method = method_from_name(a.method);
   o.embedding_format = a.embedding_format;
   for (const auto& p : a.skip) o.rules.push_back(TensorRule::parse(p + "=keep"));
@@ -117,18 +121,27 @@ int run_quantize(QuantizeArgs& a) {
   QuantizeOptions opt = options_of(a, in.config.max_seq_len);
   std::vector<int> calib;
   int bos = 1;
-  if (opt.method != QuantMethod::Rtn) {
-    if (a.calib.empty()) fail("--method {} needs --calib FILE (calibration text)", a.method);
+  if (opt.method != QuantMethod::Rtn && a.calib.empty())
+    fail("--method {} needs --calib FILE (calibration text)", a.method);
+  if (!a.budget.pareto.empty() && a.eval_text.empty()) fail("--pareto needs --eval FILE (the frontier is measured)");
+  if (!a.calib.empty()) {
     Tokenizer tok = tokenizer_of(in);
     calib = tok.encode(read_text(a.calib, a.separator), true);
     bos = tok.bos();
   }
   output_kind(a.out);  // a bad output name fails before any work
   check_layout(a);
+  std::optional<BudgetPlan> budget;
+  if (a.budget.active()) {
+    budget = plan_budget(in, opt, a.budget, calib.empty() ? nullptr : &calib, bos);
+    const std::vector<TensorRule> rules = allocation_rules(budget->sensitivity, budget->allocation);
+    opt.rules.insert(opt.rules.begin(), rules.begin(), rules.end());
+    opt.format = "mixed";
+  }
   Progress layers("quantize: layer", in.config.n_layers), tensors("quantize: tensor", int64_t(in.tensors.size()));
   QuantizeResult r = quantize_model(in, opt, calib.empty() ? nullptr : &calib, bos,
-                                    [&](const char* stage, int done, int, const std::string&) {
-                                      (std::string(stage) == "layer" ? layers : tensors).update(done);
+                                    [&](const char* stage, int done, int, const std::string& what) {
+                                      (std::string(stage) == "layer" ? layers : tensors).update(done, 0, what);
                                     });
   tensors.finish();
   const std::optional<GptqReport> gptq = write_output(r, a);
@@ -142,6 +155,7 @@ int run_quantize(QuantizeArgs& a) {
 
   EvalResult ev;
   const bool eval = !a.eval_text.empty();
+  nlohmann::json frontier;
   if (eval) {
     ModelFile qfile = load_model(a.out);
     LlamaModel qmodel(qfile), ref(in);
@@ -152,6 +166,9 @@ int run_quantize(QuantizeArgs& a) {
     Progress progress("eval: window", count_windows(int64_t(tokens.size()), eo), "tokens");
     ev = evaluate(qmodel, &ref, tokens, tok.bos(), eo, [&](int done, int) { progress.update(done, 2.0 * done * eo.ctx); });
     progress.finish();
+    if (budget && !a.budget.pareto.empty())
+      frontier = pareto_frontier(in, opt, *budget, calib.empty() ? nullptr : &calib, tok.bos(), tokens, eo.ctx,
+                                 a.budget.pareto, !a.json);
   }
 
   const double bits = 8.0 * double(r.output_bytes);
@@ -164,6 +181,8 @@ int run_quantize(QuantizeArgs& a) {
                         {"calibration", {{"windows", r.calibration_windows}, {"tokens", r.calibration_tokens}}}};
     for (const auto& t : r.tensors) j["tensors"].push_back(tensor_json(t));
     if (gptq) j["gptq"] = gptq_json(*gptq);
+    if (budget) j["mixed_precision"] = budget_json(*budget);
+    if (!frontier.is_null()) j["pareto"] = frontier;
     if (eval)
       j["eval"] = {{"text", a.eval_text}, {"ctx", ev.ctx}, {"perplexity", ev.llamacpp.ppl},
                    {"perplexity_all_tokens", ev.all_tokens.ppl}, {"kl_mean", ev.kl.mean},
@@ -172,6 +191,7 @@ int run_quantize(QuantizeArgs& a) {
     return 0;
   }
   print_table(r);
+  if (budget) print_budget(*budget);
   std::printf("\n%s -> %s: %s, method %s\n", a.model.model.c_str(), a.out.c_str(), opt.format.c_str(), a.method.c_str());
   std::printf("size %.3f MB -> %.3f MB (%.2fx), %.3f bits/weight overall, %.2f s", r.input_bytes / 1e6,
               r.output_bytes / 1e6, double(r.input_bytes) / double(r.output_bytes), bits / double(n_params), r.seconds);
@@ -188,7 +208,8 @@ int run_quantize(QuantizeArgs& a) {
 Register reg({"quantize", "quantize a model to a format with rtn, weighted or gptq", [](CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   a->model.add(app);
-  app.add_option("-f,--format", a->format, "format spec for the layer weights (see `quantkit formats`)")->required();
+  app.add_option("-f,--format", a->format, "format spec for the layer weights (see `quantkit formats`)");
+  a->budget.add(app);
   app.add_option("--method", a->method, "rtn | weighted | gptq")->check(CLI::IsMember({"rtn", "weighted", "gptq"}));
   app.add_option("--calib", a->calib, "calibration text (weighted, gptq)");
   app.add_option("--calib-tokens", a->calib_tokens, "calibration tokens (default 128 windows)")->check(CLI::Range(int64_t(2), int64_t(1) << 40));

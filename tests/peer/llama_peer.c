@@ -4,6 +4,8 @@
 //   llama_peer logits     MODEL.gguf TOKENS_CSV OUT.bin   logits of every position, n*n_vocab f32
 //   llama_peer tokenize   MODEL.gguf TEXT_FILE            token ids (BOS added), comma-separated
 //   llama_peer perplexity MODEL.gguf TEXT_FILE CTX        "ppl <value> <scored_tokens>"
+//   llama_peer quantize   IN.gguf OUT.gguf TYPE THREADS   llama-quantize's default recipe for
+//                         TYPE (q4_0, q8_0, q4_k_m, ...); prints "seconds <wall time of the call>"
 //
 // CPU only, no mmap. llama.cpp's log is silenced unless QK_PEER_VERBOSE is set.
 // Environment: QK_PEER_THREADS (default 1: the model is tiny, and ggml's spinning worker
@@ -32,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ggml-backend.h"
 #include "llama.h"
@@ -303,11 +306,43 @@ static int cmd_perplexity(const char* model_path, const char* text_path, const c
   return 0;
 }
 
+// File types by llama-quantize's names (lower case) for `quantize`.
+static const struct {
+  const char* name;
+  enum llama_ftype ftype;
+} kFtypes[] = {
+    {"q4_0", LLAMA_FTYPE_MOSTLY_Q4_0},     {"q4_1", LLAMA_FTYPE_MOSTLY_Q4_1},     {"q5_0", LLAMA_FTYPE_MOSTLY_Q5_0},
+    {"q5_1", LLAMA_FTYPE_MOSTLY_Q5_1},     {"q8_0", LLAMA_FTYPE_MOSTLY_Q8_0},     {"q2_k", LLAMA_FTYPE_MOSTLY_Q2_K},
+    {"q3_k_m", LLAMA_FTYPE_MOSTLY_Q3_K_M}, {"q4_k_m", LLAMA_FTYPE_MOSTLY_Q4_K_M}, {"q5_k_m", LLAMA_FTYPE_MOSTLY_Q5_K_M},
+    {"q6_k", LLAMA_FTYPE_MOSTLY_Q6_K},
+};
+
+static int cmd_quantize(const char* in_path, const char* out_path, const char* type, const char* threads_arg) {
+  char* end = NULL;
+  long threads = strtol(threads_arg, &end, 10);
+  if (*end || threads < 1 || threads > 1024) die("bad THREADS '%s'", threads_arg);
+  struct llama_model_quantize_params qp = llama_model_quantize_default_params();
+  size_t i = 0;
+  while (i < sizeof kFtypes / sizeof kFtypes[0] && strcmp(kFtypes[i].name, type)) ++i;
+  if (i == sizeof kFtypes / sizeof kFtypes[0]) die("unknown TYPE '%s' (q4_0, q8_0, q4_k_m, ...)", type);
+  qp.ftype = kFtypes[i].ftype;
+  qp.nthread = (int32_t)threads;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  if (llama_model_quantize(in_path, out_path, &qp) != 0)
+    die("llama.cpp failed to quantize %s (rerun with QK_PEER_VERBOSE=1 for its log)", in_path);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  printf("seconds %.3f\n", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+  if (fflush(stdout) != 0) die("stdout: write error");
+  return 0;
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: llama_peer logits MODEL.gguf TOKENS_CSV OUT.bin\n"
           "       llama_peer tokenize MODEL.gguf TEXT_FILE\n"
-          "       llama_peer perplexity MODEL.gguf TEXT_FILE CTX\n");
+          "       llama_peer perplexity MODEL.gguf TEXT_FILE CTX\n"
+          "       llama_peer quantize IN.gguf OUT.gguf TYPE THREADS\n");
   exit(2);
 }
 
@@ -321,6 +356,7 @@ int main(int argc, char** argv) {
   if (!strcmp(cmd, "logits") && argc == 5) rc = cmd_logits(argv[2], argv[3], argv[4]);
   else if (!strcmp(cmd, "tokenize") && argc == 4) rc = cmd_tokenize(argv[2], argv[3]);
   else if (!strcmp(cmd, "perplexity") && argc == 5) rc = cmd_perplexity(argv[2], argv[3], argv[4]);
+  else if (!strcmp(cmd, "quantize") && argc == 6) rc = cmd_quantize(argv[2], argv[3], argv[4], argv[5]);
   else usage();
   llama_backend_free();
   return rc;
