@@ -36,6 +36,7 @@ struct EvalOptions {
   int ctx = 256;
   int stride = 0;            // 0: = ctx
   int64_t max_tokens = 0;    // 0: all tokens of the text
+  KVSpec kv;                 // KV cache format of the evaluated model (the reference keeps FP32)
 };
 
 struct EvalResult {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "quantkit/kv_cache.h"
 #include "quantkit/linear.h"
 #include "quantkit/model_file.h"
 
@@ -17,10 +18,20 @@ struct LlamaLayer {
   std::unique_ptr<Linear> wq, wk, wv, wo, w_gate, w_up, w_down;
 };
 
-// Keys and values of every processed position, per layer: [max_seq, kv_dim].
+// Keys and values of every processed position, per layer: [max_seq, kv_dim]. With a
+// quantized KV spec, `quant` holds them instead and k, v stay empty.
 struct KVCache {
   std::vector<std::vector<float>> k, v;
   int capacity = 0;
+  std::unique_ptr<QuantizedKV> quant;
+};
+
+// Where attention reads keys/values: for a query at position p, keys j < quant->
+// quantized_keys(p + 1) come from kq, the others from k (values likewise); without
+// `quant`, everything comes from k and v.
+struct AttentionKV {
+  const float *k, *v, *kq, *vq;
+  const QuantizedKV* quant = nullptr;
 };
 
 // The four activations that feed a layer's linear maps (q/k/v share one, gate/up share
@@ -36,7 +47,7 @@ class LlamaModel {
   explicit LlamaModel(const ModelFile& file);
 
   const LlamaConfig& config() const { return cfg_; }
-  KVCache make_cache(int capacity) const;
+  KVCache make_cache(int capacity, const KVSpec& kv = {}) const;
 
   // Runs tokens[0..n) at positions pos..pos+n, appending to the cache, and writes the
   // logits of every position to logits [n, vocab].
@@ -56,7 +67,7 @@ class LlamaModel {
   std::vector<LlamaLayer>& layers() { return layers_; }
 
  private:
-  void attention(const float* q, int n, int pos, const KVCache& cache, int layer, float* out) const;
+  void attention(const float* q, int n, int pos, const AttentionKV& kv, float* out) const;
   void rope(float* x, int n, int pos, int n_heads) const;
 
   LlamaConfig cfg_;

@@ -16,7 +16,7 @@ namespace {
 
 struct GenerateArgs {
   ModelArgs model;
-  std::string prompt;
+  std::string prompt, kv = "f32";
   int n = 64;
   float temp = 0.0f, top_p = 0.9f;
   uint64_t seed = 42;
@@ -31,7 +31,8 @@ int run_generate(const GenerateArgs& a) {
   const int max_len = model.config().max_seq_len;
   if (int(tokens.size()) >= max_len)
     fail("the prompt has {} tokens, the model's context is {}", tokens.size(), max_len);
-  KVCache cache = model.make_cache(max_len);
+  const KVSpec kv = parse_kv_spec(a.kv);
+  KVCache cache = model.make_cache(max_len, kv);
   Sampler sampler(a.temp, a.top_p, a.seed);
   std::vector<float> logits(tokens.size() * size_t(model.config().vocab_size));
 
@@ -79,6 +80,7 @@ Register reg({"generate", "continue a prompt with a model", [](CLI::App& app) {
   app.add_option("--temp", a->temp, "temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
   app.add_option("--top-p", a->top_p, "nucleus sampling threshold")->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", a->seed, "random seed for sampling");
+  app.add_option("--kv", a->kv, "KV cache format K_SPEC,V_SPEC (f32, int8, int4, int2, vidkv, ternary; :bN :gN :rN :oF)");
   app.add_flag("--json", a->json, "machine-readable result on stdout");
   return [a] { return run_generate(*a); };
 }});

@@ -85,7 +85,7 @@ EvalResult evaluate(const LlamaModel& model, const LlamaModel* ref, const std::v
   double delta_logp = 0, delta_p = 0;
   std::vector<float> logits(size_t(ctx) * vocab), ref_logits(ref ? logits.size() : 0);
   std::vector<double> lp, ref_lp;
-  KVCache cache = model.make_cache(ctx);
+  KVCache cache = model.make_cache(ctx, opt.kv);
   KVCache ref_cache = ref ? ref->make_cache(ctx) : KVCache{};
   int64_t scored_until = 0;  // all-tokens: targets below this index were scored already
 

@@ -58,10 +58,14 @@ LlamaModel::LlamaModel(const ModelFile& f) : cfg_(f.config) {
     }
 }
 
-KVCache LlamaModel::make_cache(int capacity) const {
+KVCache LlamaModel::make_cache(int capacity, const KVSpec& kv) const {
   if (capacity > cfg_.max_seq_len) capacity = cfg_.max_seq_len;
   KVCache c;
   c.capacity = capacity;
+  if (!kv.is_f32()) {
+    c.quant = std::make_unique<QuantizedKV>(kv, cfg_.n_layers, cfg_.kv_dim(), cfg_.head_dim(), capacity);
+    return c;
+  }
   c.k.assign(cfg_.n_layers, std::vector<float>(size_t(capacity) * cfg_.kv_dim()));
   c.v.assign(cfg_.n_layers, std::vector<float>(size_t(capacity) * cfg_.kv_dim()));
   return c;
@@ -96,12 +100,10 @@ void LlamaModel::rope(float* x, int n, int pos, int n_heads) const {
   }
 }
 
-void LlamaModel::attention(const float* q, int n, int pos, const KVCache& cache, int layer, float* out) const {
+void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv, float* out) const {
   const int hd = cfg_.head_dim(), dim = cfg_.dim, kv_dim = cfg_.kv_dim();
   const int group = cfg_.n_heads / cfg_.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(hd));
-  const float* K = cache.k[layer].data();
-  const float* V = cache.v[layer].data();
   // Heads are independent; each thread takes whole heads so results do not depend on
   // the thread count.
   global_pool().parallel_for(cfg_.n_heads, [&](int64_t h0, int64_t h1) {
@@ -111,14 +113,21 @@ void LlamaModel::attention(const float* q, int n, int pos, const KVCache& cache,
       for (int t = 0; t < n; ++t) {
         const float* qt = q + int64_t(t) * dim + h * hd;
         const int len = pos + t + 1;  // causal: positions 0..pos+t
+        // Positions below the cuts read the quantized (decoded) rows.
+        const int kcut = kv.quant ? kv.quant->quantized_keys(len) : 0;
+        const int vcut = kv.quant ? kv.quant->quantized_values(len) : 0;
         float mx = -INFINITY;
-        for (int j = 0; j < len; ++j) {
-          const float* kj = K + int64_t(j) * kv_dim + kvh * hd;
-          float d = 0;
-          for (int i = 0; i < hd; ++i) d += qt[i] * kj[i];
-          att[j] = d * scale;
-          mx = std::max(mx, att[j]);
-        }
+        auto score = [&](const float* K, int j0, int j1) {
+          for (int j = j0; j < j1; ++j) {
+            const float* kj = K + int64_t(j) * kv_dim + kvh * hd;
+            float d = 0;
+            for (int i = 0; i < hd; ++i) d += qt[i] * kj[i];
+            att[j] = d * scale;
+            mx = std::max(mx, att[j]);
+          }
+        };
+        score(kv.kq, 0, kcut);
+        score(kv.k, kcut, len);
         float sum = 0;
         for (int j = 0; j < len; ++j) {
           att[j] = std::exp(att[j] - mx);
@@ -126,11 +135,15 @@ void LlamaModel::attention(const float* q, int n, int pos, const KVCache& cache,
         }
         float* ot = out + int64_t(t) * dim + h * hd;
         std::fill(ot, ot + hd, 0.0f);
-        for (int j = 0; j < len; ++j) {
-          const float p = att[j] / sum;
-          const float* vj = V + int64_t(j) * kv_dim + kvh * hd;
-          for (int i = 0; i < hd; ++i) ot[i] += p * vj[i];
-        }
+        auto mix = [&](const float* V, int j0, int j1) {
+          for (int j = j0; j < j1; ++j) {
+            const float p = att[j] / sum;
+            const float* vj = V + int64_t(j) * kv_dim + kvh * hd;
+            for (int i = 0; i < hd; ++i) ot[i] += p * vj[i];
+          }
+        };
+        mix(kv.vq, 0, vcut);
+        mix(kv.v, vcut, len);
       }
     }
   });
@@ -157,13 +170,22 @@ void LlamaModel::forward_layer(int l, float* x, int n, int pos, KVCache& cache,
   rms_norm(x, L.attn_norm.data(), cfg_.rms_eps, n, dim, xn.data());
   if (observe) observe(l, LinearInput::Attention, xn.data(), n, dim);
   L.wq->forward(xn.data(), n, q.data());
-  float* kdst = &cache.k[l][size_t(pos) * kv_dim];
-  float* vdst = &cache.v[l][size_t(pos) * kv_dim];
+  // A quantized cache takes the new rows from scratch buffers and hands back what to read.
+  std::vector<float> knew(cache.quant ? size_t(n) * kv_dim : 0), vnew(knew.size());
+  float* kdst = cache.quant ? knew.data() : &cache.k[l][size_t(pos) * kv_dim];
+  float* vdst = cache.quant ? vnew.data() : &cache.v[l][size_t(pos) * kv_dim];
   L.wk->forward(xn.data(), n, kdst);
   L.wv->forward(xn.data(), n, vdst);
   rope(q.data(), n, pos, cfg_.n_heads);
   rope(kdst, n, pos, cfg_.n_kv_heads);
-  attention(q.data(), n, pos, cache, l, att.data());
+  KVRows rows;
+  AttentionKV kv{cache.k.empty() ? nullptr : cache.k[l].data(), cache.v.empty() ? nullptr : cache.v[l].data(),
+                 nullptr, nullptr};
+  if (cache.quant) {
+    cache.quant->append(l, pos, n, kdst, vdst, rows);
+    kv = {rows.k.data(), rows.v.data(), rows.kq.data(), rows.vq.data(), cache.quant.get()};
+  }
+  attention(q.data(), n, pos, kv, att.data());
   if (observe) observe(l, LinearInput::AttentionOutput, att.data(), n, dim);
   L.wo->forward(att.data(), n, tmp.data());
   for (size_t i = 0; i < nd; ++i) x[i] += tmp[i];
