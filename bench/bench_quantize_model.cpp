@@ -142,6 +142,7 @@ void warm_page_cache(const std::string& path) {
 
 struct ChildRun {
   double seconds = 0;
+  double cpu_seconds = 0;  // user + system: the work done, whatever else shares the machine
   long maxrss_kb = 0;     // ru_maxrss: anonymous + file-backed resident pages
   long peak_anon_kb = 0;  // polled peak of RssAnon
   std::string out;        // stdout
@@ -184,6 +185,7 @@ ChildRun run_child(const std::vector<std::string>& argv, const std::string& out_
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.maxrss_kb = ru.ru_maxrss;
+  r.cpu_seconds = double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
   r.out = read_text(out_file);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail("{} failed (status {})", argv[0], status);
   return r;
@@ -223,10 +225,12 @@ Args parse_args(int argc, char** argv) {
 }
 
 void print_run(const char* label, const ChildRun& r, int64_t params, uint64_t input_bytes, uint64_t output_bytes) {
-  std::printf("%-34s %7.2f s  %6.1f Mparam/s  out %7.1f MB  peak RSS %6.0f MB, beyond mapped input: RssAnon %5.0f MB"
-              " (ru_maxrss - input %5.0f MB)\n",
-              label, r.seconds, double(params) / r.seconds / 1e6, double(output_bytes) / 1e6, r.maxrss_kb / 1024.0,
-              r.peak_anon_kb / 1024.0, (double(r.maxrss_kb) * 1024 - double(input_bytes)) / 1048576.0);
+  const double beyond = (double(r.maxrss_kb) * 1024 - double(input_bytes)) / 1048576.0;  // < 0: input not mapped
+  std::printf("%-34s %6.2f s (cpu %6.2f s)  %6.1f Mparam/s  out %6.1f MB  peak RSS %5.0f MB, RssAnon (beyond mapped input) %4.0f MB",
+              label, r.seconds, r.cpu_seconds, double(params) / r.seconds / 1e6, double(output_bytes) / 1e6,
+              r.maxrss_kb / 1024.0, r.peak_anon_kb / 1024.0);
+  if (beyond > 0) std::printf(", ru_maxrss - input %4.0f MB", beyond);
+  std::printf("\n");
 }
 
 }  // namespace
@@ -270,8 +274,9 @@ int main(int argc, char** argv) try {
   if (a.peer) {
     ChildRun r = best_of(a.reps, {QK_PEER, "quantize", model, out, a.format, threads}, log);
     print_run(("llama.cpp " + a.format).c_str(), r, params, input_bytes, fs::file_size(out));
-    std::printf("ratio quantkit / llama.cpp time: %.2f (same recipe), %.2f (quantkit defaults)\n",
-                results[1].run.seconds / r.seconds, results[0].run.seconds / r.seconds);
+    std::printf("ratio quantkit / llama.cpp time: %.2f (same recipe), %.2f (quantkit defaults); cpu time %.2f, %.2f\n",
+                results[1].run.seconds / r.seconds, results[0].run.seconds / r.seconds,
+                results[1].run.cpu_seconds / r.cpu_seconds, results[0].run.cpu_seconds / r.cpu_seconds);
   }
 #else
   std::printf("llama.cpp peer not built (scripts/fetch-peer.sh, then reconfigure): no ratio\n");
