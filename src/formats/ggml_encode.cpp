@@ -1091,23 +1091,20 @@ struct HalfCandidates {
   }
 };
 
-// err[c] = requantize(x, w, n, lv, f16_to_f32(bits[c]), 0, nullptr) for every candidate,
+// err[c] = requantize(x, w, n, lv, a[c], 0, nullptr) for count <= 16 candidate scales,
 // in one pass: each error is still summed in weight order (the same doubles), but the
 // candidates' independent sums overlap instead of waiting on each other.
 template <class Levels>
-void half_scale_errors(const float* x, const float* w, int n, const Levels& lv, const HalfCandidates& cands,
-                       double* err) {
-  constexpr int kMax = HalfCandidates::kMax;
-  float a[kMax], inv[kMax];
-  int zero[kMax];
-  for (int c = 0; c < cands.count; ++c) {
-    a[c] = f16_to_f32(cands.bits[c]);
+void scale_errors(const float* x, const float* w, int n, const Levels& lv, const float* a, int count, double* err) {
+  float inv[16];
+  int zero[16];
+  for (int c = 0; c < count; ++c) {
     inv[c] = a[c] != 0 ? float(1.0 / double(a[c])) : 0.0f;
     zero[c] = a[c] != 0 ? 0 : lv.zero();
     err[c] = 0;
   }
   for (int i = 0; i < n; ++i)
-    for (int c = 0; c < cands.count; ++c) {
+    for (int c = 0; c < count; ++c) {
       const int q = a[c] != 0 ? lv.nearest(x[i] * inv[c]) : zero[c];
       const double r = double(x[i]) - double(a[c] * lv.value(q));
       err[c] += double(w[i]) * r * r;
@@ -1125,18 +1122,19 @@ void half_scale_errors(const float* x, const float* w, int n, const Levels& lv, 
 
 // The same for uniform levels with candidates in the lanes of one vector, the arithmetic
 // of requantize lane by lane (float levels and products, double residuals and sums; no
-// fused multiply-add). A zero scale has inverse 0, so its level is 0 as in requantize;
-// fp16 scales are >= 2^-24, so no inverse overflows.
-__attribute__((target("avx512f"))) void half_scale_errors_avx512(const float* x, const float* w, int n,
-                                                                const UniformLevels& lv,
-                                                                const HalfCandidates& cands, double* err) {
+// fused multiply-add). A zero scale has inverse 0, so its level is 0 as in requantize.
+// The callers' scales are fp16 values (>= 2^-24) or their small multiples, so no inverse
+// overflows (an infinite inverse would clamp differently: NaN levels).
+__attribute__((target("avx512f"))) void scale_errors_avx512(const float* x, const float* w, int n,
+                                                           const UniformLevels& lv, const float* scales, int count,
+                                                           double* err) {
   alignas(64) float a[16] = {}, inv[16] = {};
-  for (int c = 0; c < cands.count; ++c) {
-    a[c] = f16_to_f32(cands.bits[c]);
+  for (int c = 0; c < count; ++c) {
+    a[c] = scales[c];
     inv[c] = a[c] != 0 ? float(1.0 / double(a[c])) : 0.0f;
   }
   __m512d e0 = _mm512_setzero_pd(), e1 = _mm512_setzero_pd();
-  if (cands.count <= 8) {  // one vector of floats, one of doubles
+  if (count <= 8) {  // one vector of floats, one of doubles
     const __m256 va = _mm256_load_ps(a), vinv = _mm256_load_ps(inv);
     const __m256 lo = _mm256_set1_ps(float(lv.lo)), hi = _mm256_set1_ps(float(lv.hi)), magic = _mm256_set1_ps(12582912.0f);
     for (int i = 0; i < n; ++i) {
@@ -1166,24 +1164,26 @@ __attribute__((target("avx512f"))) void half_scale_errors_avx512(const float* x,
   alignas(64) double out[16];
   _mm512_store_pd(out, e0);
   _mm512_store_pd(out + 8, e1);
-  std::copy(out, out + cands.count, err);
+  std::copy(out, out + count, err);
 }
 
 #pragma GCC diagnostic pop
 
 template <class Levels>
-void candidate_errors(const float* x, const float* w, int n, const Levels& lv, const HalfCandidates& cands,
+void candidate_errors(const float* x, const float* w, int n, const Levels& lv, const float* a, int count,
                       double* err) {
   if constexpr (std::is_same_v<Levels, UniformLevels>)
-    if (kHaveAvx512) return half_scale_errors_avx512(x, w, n, lv, cands, err);
-  half_scale_errors(x, w, n, lv, cands, err);
+    if (kHaveAvx512) return scale_errors_avx512(x, w, n, lv, a, count, err);
+  scale_errors(x, w, n, lv, a, count, err);
 }
 
 // The first candidate with the smallest error.
 template <class Levels>
 uint16_t best_half_scale(const float* x, const float* w, int n, const Levels& lv, const HalfCandidates& cands) {
+  float a[HalfCandidates::kMax];
+  for (int c = 0; c < cands.count; ++c) a[c] = f16_to_f32(cands.bits[c]);
   double err[HalfCandidates::kMax];
-  candidate_errors(x, w, n, lv, cands, err);
+  candidate_errors(x, w, n, lv, a, cands.count, err);
   uint16_t best = 0;
   double best_err = HUGE_VAL;
   for (int c = 0; c < cands.count; ++c)
@@ -1293,8 +1293,21 @@ KChoice choose_sub_blocks(const KQuant& k, const float* x, const float* w, const
     const int sc0 = d != 0 ? round_clamped(float(target_scale[j] / d), k.scales.lo, k.scales.hi) : 0;
     const int m0 = k.affine() && dmin != 0 ? round_clamped(float(target_min[j] / dmin), 0, k.min_max) : 0;
     const int m_radius = k.affine() && dmin != 0 ? k.radius : 0;
+    const int sc_lo = std::max(k.scales.lo, sc0 - k.radius), sc_hi = std::min(k.scales.hi, sc0 + k.radius);
     double best = HUGE_VAL;
-    for (int sc = std::max(k.scales.lo, sc0 - k.radius); sc <= std::min(k.scales.hi, sc0 + k.radius); ++sc)
+    if (!k.affine() && sc_hi - sc_lo < 16) {
+      // Symmetric types: the offset -(dmin * 0) is -0, which requantizes exactly as 0, so
+      // the candidate scales are judged in one pass.
+      float a[16];
+      double err[16];
+      for (int sc = sc_lo; sc <= sc_hi; ++sc) a[sc - sc_lo] = d * float(sc);
+      candidate_errors(xs, ws, k.sub_len, k.levels, a, sc_hi - sc_lo + 1, err);
+      for (int sc = sc_lo; sc <= sc_hi; ++sc)
+        if (err[sc - sc_lo] < best) best = err[sc - sc_lo], c.scale[j] = int16_t(sc), c.min[j] = 0;
+      c.error += best;
+      continue;
+    }
+    for (int sc = sc_lo; sc <= sc_hi; ++sc)
       for (int m = std::max(0, m0 - m_radius); m <= std::min(std::max(k.min_max, 0), m0 + m_radius); ++m) {
         const double e = requantize(xs, ws, k.sub_len, k.levels, d * float(sc), -(dmin * float(m)), nullptr);
         if (e < best) best = e, c.scale[j] = int16_t(sc), c.min[j] = int16_t(m);
