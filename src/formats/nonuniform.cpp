@@ -196,13 +196,14 @@ class GridFormat : public Format {
       f.exponent = search_exponent(w, spans, cols, imp);
       f.table = LevelTable(power_exponent_levels(p_.bits, f.exponent));
     }
-    f.scales.resize(spans.size());
     const bool search = p_.kind != GridKind::NormalFloat || p_.mse;
-    grid::for_each_group(spans, rows, cols, imp, [&](size_t i, const GroupSpan& s, const float* gi) {
-      const float* x = w + s.offset;
-      f.scales[i] = search ? grid::search_grid_scale(f.table, grid::sorted_sample(x, gi, s.n), storage_).scale
-                           : grid::absmax_scale(f.table, x, s.n, storage_);
-    });
+    // Both fits return scales already rounded to their storage (rounding again is exact).
+    f.scales = grid::fit_group_scales(p_.grouping, storage_, w, rows, cols, imp,
+                                      [&](const float* x, const float* gi, int64_t n) -> double {
+                                        return search ? grid::search_grid_scale(f.table, grid::sorted_sample(x, gi, n),
+                                                                                storage_).scale
+                                                      : grid::absmax_scale(f.table, x, n, storage_);
+                                      });
     return f;
   }
 

@@ -81,6 +81,18 @@ inline void put_scale(BitWriter& w, float s, ScaleStorage st) {
 }
 inline float get_scale(BitReader& r, ScaleStorage st) { return st == ScaleStorage::F16 ? r.get_f16() : r.get_f32(); }
 
+// The rounded scale of every group: scale_of(group weights, their importance or null, n).
+inline std::vector<float> fit_group_scales(const Grouping& g, ScaleStorage st, const float* w, int64_t rows,
+                                           int64_t cols, const float* imp,
+                                           const std::function<double(const float*, const float*, int64_t)>& scale_of) {
+  const auto spans = group_spans(g, rows, cols);
+  std::vector<float> scales(spans.size());
+  for_each_group(spans, rows, cols, imp, [&](size_t i, const GroupSpan& s, const float* gi) {
+    scales[i] = round_scale(float(scale_of(w + s.offset, gi, s.n)), st);
+  });
+  return scales;
+}
+
 // ---- decode table and nearest-level encoder ------------------------------------------------
 
 // A b-bit decode table: code -> normalised level. Several codes may share a value (e.g. +0

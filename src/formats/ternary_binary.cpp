@@ -180,12 +180,8 @@ class TernaryFormat : public Format {
   }
 
   std::vector<float> fit_scales(const float* w, int64_t rows, int64_t cols, const float* imp) const {
-    const auto spans = grid::group_spans(grouping_, rows, cols);
-    std::vector<float> scales(spans.size());
-    grid::for_each_group(spans, rows, cols, imp, [&](size_t i, const GroupSpan& s, const float* gi) {
-      scales[i] = grid::round_scale(float(scale_of(w + s.offset, gi, s.n)), storage_);
-    });
-    return scales;
+    return grid::fit_group_scales(grouping_, storage_, w, rows, cols, imp,
+                                  [this](const float* x, const float* gi, int64_t n) { return scale_of(x, gi, n); });
   }
 
   Packed pack(const std::vector<float>& scales, const std::vector<int8_t>& trits, int64_t rows, int64_t cols) const {
@@ -259,12 +255,7 @@ class BinaryFormat : public Format {
 
  private:
   std::vector<float> fit_scales(const float* w, int64_t rows, int64_t cols, const float* imp) const {
-    const auto spans = grid::group_spans(grouping_, rows, cols);
-    std::vector<float> scales(spans.size());
-    grid::for_each_group(spans, rows, cols, imp, [&](size_t i, const GroupSpan& s, const float* gi) {
-      scales[i] = grid::round_scale(float(weighted_mean_abs(w + s.offset, gi, s.n)), storage_);
-    });
-    return scales;
+    return grid::fit_group_scales(grouping_, storage_, w, rows, cols, imp, weighted_mean_abs);
   }
 
   // Scale of each group, then its signs (1: non-negative).
