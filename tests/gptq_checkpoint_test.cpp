@@ -159,6 +159,9 @@ ModelFile as_written(const ModelFile& q, const GptqReport& rep) {
 // Every check of one written checkpoint: tensors bit by bit, their GPTQ meaning, the
 // loaded model's tensors and logits.
 void check_checkpoint(const ModelFile& q, const GptqReport& rep, const std::string& dir) {
+  // Tensors HF cannot hold in the GPTQ layout come back as fp16: compare without the int8
+  // activation rounding of the packed ones.
+  const qk_test::ExactActivations exact;
   const SafetensorsFile f(dir + "/model.safetensors");
   ASSERT_FALSE(rep.packed.empty());
   for (const std::string& name : rep.packed) {
@@ -207,7 +210,9 @@ void check_checkpoint(const ModelFile& q, const GptqReport& rep, const std::stri
   for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(want[i] - got[i]));
   std::printf("GPTQ %d-bit g%lld %s: %zu packed, %zu fp16, max |logit diff| vs in-memory %.3g\n", rep.bits,
               (long long)rep.group_size, rep.sym ? "sym" : "asym", rep.packed.size(), rep.dequantized.size(), worst);
-  EXPECT_LT(worst, 1e-5f);
+  // The weights are bit-identical (checked above); asymmetric layers run from the kernel
+  // layout, whose per-group offset -scale * zero is held in fp16 (relative error 2^-11).
+  EXPECT_LT(worst, rep.sym ? 1e-5f : 1e-3f);
 }
 
 json read_json(const std::string& path) { return json::parse(qk_test::read_file(path)); }

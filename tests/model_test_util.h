@@ -15,4 +15,11 @@ inline std::vector<float> logits_of(const quantkit::ModelFile& f, const std::vec
   return out;
 }
 
+// While alive, quantized layers multiply in FP32 instead of with int8 activations: for
+// tests that compare two containers of the same weights, one of which is stored as floats.
+struct ExactActivations {
+  ExactActivations() { quantkit::set_int8_activations(false); }
+  ~ExactActivations() { quantkit::set_int8_activations(true); }
+};
+
 }  // namespace qk_test

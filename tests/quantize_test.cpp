@@ -142,9 +142,11 @@ TEST(QuantizeModel, PackedFormatsRoundTripThroughTheQkContainer) {
     const TensorView& down = *back.find("blk.1.ffn_down.weight");
     EXPECT_EQ(down.type, DType::QK);
     EXPECT_EQ(down.format, spec);
-    // The runtime keeps the packed bytes, not FP32 weights.
+    // The runtime keeps the packed bytes (or their integer-kernel layout, at most 4 bits per
+    // 2-, 3- or 4-bit code plus scales), never FP32 weights.
     PackedLinear lin(down);
-    EXPECT_EQ(lin.weight_bytes(), packed_tensor_bytes(down));
+    EXPECT_LE(lin.weight_bytes(), std::max<size_t>(packed_tensor_bytes(down), size_t(down.numel()) * 5 / 8 + 64))
+        << lin.path();
     const std::vector<int> tokens = {1, 403, 407, 261, 378, 288, 285, 500};
     const std::vector<float> l1 = logits_of(r.model, tokens), l2 = logits_of(back, tokens);
     EXPECT_EQ(l1, l2) << spec;

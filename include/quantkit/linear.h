@@ -8,6 +8,10 @@
 #include "quantkit/format.h"
 #include "quantkit/tensor.h"
 
+namespace quantkit::kernels {
+struct BlockQMatrix;
+}
+
 namespace quantkit {
 
 class Linear {
@@ -35,25 +39,43 @@ class DenseLinear : public Linear {
   Tensor w_;
 };
 
-// Weights kept in their packed form (a llama.cpp block type or a quantkit format), decoded
-// to FP32 on every forward call into a per-thread scratch matrix, then one SGEMM/SGEMV.
-// Memory holds only the packed bytes; decoding costs one pass over the weights per call
-// (amortised over the n tokens of a batch). Fast per-format kernels replace this later.
+// Weights kept in their packed form (a llama.cpp block type or a quantkit format); memory
+// holds only packed bytes. Three paths, best first:
+//  - integer kernels: formats whose weights are integer codes with per-block scales (q4_0,
+//    q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, iq4_nl, int<b> with groups of 32k) are re-laid
+//    losslessly into kernels::BlockQMatrix and multiplied with int8-quantized activations;
+//  - row tiles: other llama.cpp types decode a few rows at a time into a per-thread buffer;
+//  - whole matrix: other quantkit formats decode the matrix per call (their layout is not
+//    row-separable in general).
 class PackedLinear : public Linear {
  public:
-  explicit PackedLinear(const TensorView& w);  // copies the packed bytes
+  explicit PackedLinear(const TensorView& w);  // copies (or re-lays) the packed bytes
+  ~PackedLinear() override;
   int64_t in_features() const override { return cols_; }
   int64_t out_features() const override { return rows_; }
   void forward(const float* x, int64_t n, float* y) const override;
-  size_t weight_bytes() const override { return packed_.bytes.size(); }
-  void decode(float* w) const;  // the FP32 weights [out, in]
+  size_t weight_bytes() const override;
+  // "int8-kernel", "row-tiles" or "whole-matrix".
+  const char* path() const;
 
  private:
+  void forward_int8(const float* x, int64_t n, float* y) const;
+  void forward_row_tiles(const float* x, int64_t n, float* y) const;
+  void decode_rows(int64_t r0, int64_t nr, float* out) const;
+  void forward_whole(const float* x, int64_t n, float* y) const;
+
   DType type_;
-  std::unique_ptr<Format> format_;  // DType::QK only
-  Packed packed_;                   // the bytes (for llama.cpp types: rows x row bytes)
+  std::unique_ptr<Format> format_;                  // DType::QK only
+  std::unique_ptr<kernels::BlockQMatrix> kernel_;  // integer-kernel layout, when the format has one
+  Packed packed_;  // the bytes when there is no kernel layout (llama.cpp types: rows x row bytes)
   int64_t rows_, cols_;
 };
+
+// Whether layers with an integer kernel quantize activations to int8 (default on, as
+// llama.cpp does). Off: they decode weight rows and multiply in FP32, so a measurement sees
+// only the weight format's error. Process-wide; set before running a model.
+void set_int8_activations(bool on);
+bool int8_activations();
 
 // Builds the runtime layer for a weight tensor of any stored type: plain float types
 // become DenseLinear (FP32), quantized types PackedLinear.

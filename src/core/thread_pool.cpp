@@ -19,9 +19,21 @@ ThreadPool::~ThreadPool() {
   for (auto& t : threads_) t.join();
 }
 
+// Set while a thread runs a chunk: a parallel_for issued from inside one (a kernel called
+// by code that is itself split across the pool) runs inline instead of deadlocking.
+static thread_local bool t_in_chunk = false;
+
 static void run_chunk(const std::function<void(int64_t, int64_t)>& fn, int64_t n, int id, int parts) {
   int64_t begin = n * id / parts, end = n * (id + 1) / parts;
-  if (begin < end) fn(begin, end);
+  if (begin >= end) return;
+  t_in_chunk = true;
+  try {
+    fn(begin, end);
+  } catch (...) {
+    t_in_chunk = false;
+    throw;
+  }
+  t_in_chunk = false;
 }
 
 void ThreadPool::worker(int id) {
@@ -44,7 +56,7 @@ void ThreadPool::worker(int id) {
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
-  if (n_threads_ == 1 || n <= 1) {
+  if (n_threads_ == 1 || n <= 1 || t_in_chunk) {
     if (n > 0) fn(0, n);
     return;
   }

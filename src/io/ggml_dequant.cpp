@@ -17,6 +17,13 @@
 #include "quantkit/fp16.h"
 
 namespace quantkit {
+
+ggml::ScaleMin ggml::kquant_scale_min(const uint8_t* packed, int j) {
+  if (j < 4) return {uint8_t(packed[j] & 63), uint8_t(packed[j + 4] & 63)};
+  return {uint8_t((packed[j + 4] & 0x0f) | ((packed[j - 4] >> 6) << 4)),
+          uint8_t((packed[j + 4] >> 4) | ((packed[j] >> 6) << 4))};
+}
+
 namespace {
 
 using namespace ggml;
@@ -94,17 +101,6 @@ void unpack_nibbles_256(const uint8_t* qs, uint8_t* codes) {
 void add_high_bits_256(const uint8_t* bits, int shift, uint8_t* codes) {
   for (int s = 0; s < 8; ++s)
     for (int l = 0; l < 32; ++l) codes[32 * s + l] |= uint8_t(((bits[l] >> s) & 1) << shift);
-}
-
-// Scale and min (6 bits each) of sub-block j of Q4_K/Q5_K, from the 12-byte packing
-// described at BlockQ4_K.
-struct ScaleMin {
-  uint8_t scale, min;
-};
-ScaleMin kquant_scale_min(const uint8_t* packed, int j) {
-  if (j < 4) return {uint8_t(packed[j] & 63), uint8_t(packed[j + 4] & 63)};
-  return {uint8_t((packed[j + 4] & 0x0f) | ((packed[j - 4] >> 6) << 4)),
-          uint8_t((packed[j + 4] >> 4) | ((packed[j] >> 6) << 4))};
 }
 
 // The 16 signed scales of Q3_K (6 bits, biased by 32), from the packing described at

@@ -2,8 +2,13 @@
 
 #include <cblas.h>
 
+#include <algorithm>
+#include <optional>
+
 #include "quantkit/error.h"
+#include "kernels/block_q.h"
 #include "quantkit/packed_tensor.h"
+#include "quantkit/thread_pool.h"
 
 namespace quantkit {
 namespace {
@@ -34,28 +39,96 @@ PackedLinear::PackedLinear(const TensorView& w) : type_(w.type) {
   if (w.shape.size() != 2) fail("linear weight '{}' must be 2-D, got {}", w.name, shape_str(w.shape));
   rows_ = w.shape[0];
   cols_ = w.shape[1];
+  std::optional<kernels::BlockQMatrix> k;
   if (w.type == DType::QK) {
     format_ = make_format(w.format);
     packed_ = packed_of(w);
-    return;
+    k = kernels::blockq_from_int(w.format, packed_, cols_);
+  } else {
+    const size_t need = dtype_row_bytes(w.type, cols_) * size_t(rows_);
+    if (w.nbytes < need) fail("tensor '{}' holds {} bytes, needs {}", w.name, w.nbytes, need);
+    const auto* src = static_cast<const uint8_t*>(w.data);
+    k = kernels::blockq_from_ggml(w.type, src, rows_, cols_);
+    if (!k) packed_.bytes.assign(src, src + need);
   }
-  const size_t need = dtype_row_bytes(w.type, cols_) * size_t(rows_);
-  if (w.nbytes < need) fail("tensor '{}' holds {} bytes, needs {}", w.name, w.nbytes, need);
-  const auto* src = static_cast<const uint8_t*>(w.data);
-  packed_.bytes.assign(src, src + need);
+  if (k) {
+    kernel_ = std::make_unique<kernels::BlockQMatrix>(std::move(*k));
+    packed_ = {};  // the kernel layout holds the same information
+  }
 }
 
-void PackedLinear::decode(float* w) const {
-  if (format_)
-    dequantize_cropped(*format_, packed_, cols_, w);
-  else
-    dequantize(type_, packed_.bytes.data(), w, rows_ * cols_);
+PackedLinear::~PackedLinear() = default;
+
+size_t PackedLinear::weight_bytes() const { return kernel_ ? kernel_->bytes() : packed_.bytes.size(); }
+
+const char* PackedLinear::path() const {
+  if (kernel_) return "int8-kernel";
+  return format_ ? "whole-matrix" : "row-tiles";
 }
+
+namespace {
+bool g_int8_activations = true;
+}
+
+void set_int8_activations(bool on) { g_int8_activations = on; }
+bool int8_activations() { return g_int8_activations; }
 
 void PackedLinear::forward(const float* x, int64_t n, float* y) const {
+  if (kernel_ && g_int8_activations) return forward_int8(x, n, y);
+  if (!kernel_ && format_) return forward_whole(x, n, y);
+  forward_row_tiles(x, n, y);
+}
+
+void PackedLinear::forward_int8(const float* x, int64_t n, float* y) const {
+  // Per-thread activation buffer: grows once, then no allocation per call.
+  thread_local kernels::Q8Activations act;
+  kernels::quantize_activations(x, n, cols_, kernel_->blocks_per_row, act);
+  struct Job {
+    const kernels::BlockQMatrix* w;
+    const kernels::Q8Activations* a;
+    float* y;
+    int64_t ldy;
+  } job{kernel_.get(), &act, y, rows_};
+  global_pool().parallel_for(rows_, [&job](int64_t r0, int64_t r1) {
+    kernels::blockq_matmul(*job.w, *job.a, job.y, job.ldy, r0, r1);
+  });
+}
+
+void PackedLinear::decode_rows(int64_t r0, int64_t nr, float* out) const {
+  if (kernel_) {
+    for (int64_t r = 0; r < nr; ++r) kernel_->decode_row(r0 + r, out + r * cols_);
+    return;
+  }
+  dequantize(type_, packed_.bytes.data() + size_t(r0) * dtype_row_bytes(type_, cols_), out, nr * cols_);
+}
+
+// Rows are independent (llama.cpp types, the kernel layout): each thread decodes kTile rows
+// into its own buffer and multiplies them with every token while they are in cache.
+void PackedLinear::forward_row_tiles(const float* x, int64_t n, float* y) const {
+  constexpr int64_t kTile = 8;
+  const int64_t tiles = (rows_ + kTile - 1) / kTile;
+  global_pool().parallel_for(tiles, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> w;
+    w.resize(size_t(kTile * cols_));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = t * kTile, nr = std::min(kTile, rows_ - r0);
+      decode_rows(r0, nr, w.data());
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < nr; ++r) {
+          const float* wr = w.data() + r * cols_;
+          const float* xi = x + i * cols_;
+          float acc = 0.0f;
+          for (int64_t c = 0; c < cols_; ++c) acc += wr[c] * xi[c];
+          y[i * rows_ + r0 + r] = acc;
+        }
+    }
+  });
+}
+
+void PackedLinear::forward_whole(const float* x, int64_t n, float* y) const {
   thread_local std::vector<float> scratch;
   scratch.resize(size_t(rows_ * cols_));
-  decode(scratch.data());
+  dequantize_cropped(*format_, packed_, cols_, scratch.data());
   gemm_rows(scratch.data(), rows_, cols_, x, n, y);
 }
 

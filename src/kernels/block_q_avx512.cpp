@@ -1,0 +1,24 @@
+// The block-integer kernels for AVX-512 VNNI (256-bit vpdpbusd: one instruction per
+// 32 products, no int16 intermediate).
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/block_q.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+#define QK_VNNI 1
+
+namespace quantkit::kernels {
+#include "kernels/block_q_simd.inc"
+
+void blockq_matmul_avx512(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0,
+                          int64_t r1) {
+  matmul_dispatch(w, a, y, ldy, r0, r1);
+}
+}  // namespace quantkit::kernels
+
+#pragma GCC pop_options
+#endif

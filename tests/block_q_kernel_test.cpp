@@ -1,0 +1,171 @@
+// The packed-weight kernels against their reference: dequantize, then an FP32 product.
+// The integer kernels quantize activations to int8 per block of 32, so they may differ
+// from the reference by at most sum_b (dx_b / 2) * sum_{i in b} |w_i| per output (plus
+// float rounding); that bound is checked on every output, for every kernel this CPU has.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "formats_test_util.h"
+#include "kernels/block_q.h"
+#include "quantkit/dtype.h"
+#include "quantkit/format.h"
+#include "quantkit/linear.h"
+#include "quantkit/packed_tensor.h"
+
+namespace {
+
+using namespace quantkit;
+using kernels::BlockQMatrix;
+
+struct Case {
+  std::string spec;
+  int64_t rows, cols;
+};
+
+std::string case_name(const testing::TestParamInfo<Case>& info) {
+  std::string s = info.param.spec + "_" + std::to_string(info.param.rows) + "x" + std::to_string(info.param.cols);
+  for (char& c : s)
+    if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+  return s;
+}
+
+// llama.cpp types by their ggml name, quantkit formats as packed QK tensors.
+DType dtype_from_name_or_qk(const std::string& spec) {
+  std::string name = spec;  // spec "q4_k", ggml name "q4_K"
+  if (name.size() == 4 && name[0] == 'q' && name[3] == 'k') name[3] = 'K';
+  try {
+    return dtype_from_name(name);
+  } catch (const Error&) {
+    return DType::QK;
+  }
+}
+
+// The format's dequantized weights and the kernel layout of the same packed matrix.
+struct Prepared {
+  std::vector<float> w;  // rows x cols
+  BlockQMatrix k;
+};
+
+Prepared prepare(const Case& c, uint64_t seed) {
+  const auto f = make_format(c.spec);
+  std::vector<float> w = qk_test::gaussian(size_t(c.rows * c.cols), seed, 0.02f);
+  for (int64_t j = 0; j < c.cols; j += 7) w[size_t(j)] *= 8.0f;  // some outliers
+  const Packed p = f->quantize(w.data(), c.rows, c.cols, nullptr);
+  Prepared out;
+  out.w.resize(w.size());
+  f->dequantize(p, out.w.data());
+  const DType t = dtype_from_name_or_qk(c.spec);
+  auto k = t == DType::QK ? kernels::blockq_from_int(c.spec, p, c.cols)
+                          : kernels::blockq_from_ggml(t, p.bytes.data(), c.rows, c.cols);
+  EXPECT_TRUE(k.has_value()) << c.spec;
+  if (k) out.k = std::move(*k);
+  return out;
+}
+
+class BlockQKernel : public testing::TestWithParam<Case> {};
+
+}  // namespace
+
+// The re-layout is lossless: every row decodes to the format's own dequantization (K-quants
+// and asymmetric ints store their scale products in fp16: relative 2^-11 of the offset).
+TEST_P(BlockQKernel, LayoutDecodesToTheFormatsWeights) {
+  const Case c = GetParam();
+  const Prepared p = prepare(c, 11);
+  std::vector<float> row(static_cast<size_t>(c.cols));
+  double max_err = 0, max_w = 0;
+  for (int64_t r = 0; r < c.rows; ++r) {
+    p.k.decode_row(r, row.data());
+    for (int64_t j = 0; j < c.cols; ++j) {
+      max_err = std::max(max_err, std::fabs(double(row[size_t(j)]) - p.w[size_t(r * c.cols + j)]));
+      max_w = std::max(max_w, std::fabs(double(p.w[size_t(r * c.cols + j)])));
+    }
+  }
+  const bool rounded_scales = p.k.has_min;
+  EXPECT_LE(max_err, rounded_scales ? 2e-3 * max_w : 0.0) << c.spec;
+}
+
+TEST_P(BlockQKernel, EveryKernelMatchesTheReferenceWithinTheActivationBound) {
+  const Case c = GetParam();
+  const Prepared p = prepare(c, 12);
+  const int64_t n = 6;  // one full token tile and a remainder
+  std::vector<float> x = qk_test::gaussian(size_t(n * c.cols), 13);
+  for (int64_t j = 0; j < n * c.cols; j += 13) x[size_t(j)] *= 10.0f;
+  kernels::Q8Activations a;
+  kernels::quantize_activations(x.data(), n, c.cols, p.k.blocks_per_row, a);
+  for (const auto& kern : kernels::blockq_kernels()) {
+    std::vector<float> y(static_cast<size_t>(n * c.rows), NAN);
+    kern.fn(p.k, a, y.data(), c.rows, 0, c.rows);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t r = 0; r < c.rows; ++r) {
+        double ref = 0, bound = 0, mag = 0;
+        for (int64_t b = 0; b < p.k.blocks_per_row; ++b) {
+          double wsum = 0;
+          for (int64_t j = b * 32; j < std::min(c.cols, b * 32 + 32); ++j) {
+            const double wv = p.w[size_t(r * c.cols + j)], xv = x[size_t(t * c.cols + j)];
+            ref += wv * xv;
+            wsum += std::fabs(wv);
+            mag += std::fabs(wv * xv);
+          }
+          bound += 0.5 * a.d[size_t(t * a.blocks + b)] * wsum;
+        }
+        const double slack = 1e-5 * mag + (p.k.has_min ? 2e-3 * mag : 0.0);
+        ASSERT_LE(std::fabs(y[size_t(t * c.rows + r)] - ref), bound + slack + 1e-7)
+            << kern.isa << " " << c.spec << " token " << t << " row " << r;
+      }
+  }
+}
+
+// The layer a model uses picks the kernel path and gives the same answer as FP32.
+TEST_P(BlockQKernel, PackedLinearUsesTheIntegerKernel) {
+  const Case c = GetParam();
+  const auto f = make_format(c.spec);
+  const std::vector<float> w = qk_test::gaussian(size_t(c.rows * c.cols), 14, 0.02f);
+  const Packed pk = f->quantize(w.data(), c.rows, c.cols, nullptr);
+  TensorView v{"w", dtype_from_name_or_qk(c.spec), {c.rows, c.cols}, pk.bytes.data(), pk.bytes.size()};
+  if (v.type == DType::QK) v.format = c.spec, v.stored_cols = c.cols;
+  PackedLinear lin(v);
+  EXPECT_STREQ(lin.path(), "int8-kernel");
+  std::vector<float> deq(w.size()), x = qk_test::gaussian(size_t(3 * c.cols), 15), y(size_t(3 * c.rows));
+  f->dequantize(pk, deq.data());
+  lin.forward(x.data(), 3, y.data());
+  for (int64_t t = 0; t < 3; ++t)
+    for (int64_t r = 0; r < c.rows; ++r) {
+      double ref = 0, mag = 0;
+      for (int64_t j = 0; j < c.cols; ++j)
+        ref += double(deq[size_t(r * c.cols + j)]) * x[size_t(t * c.cols + j)],
+            mag += std::fabs(double(deq[size_t(r * c.cols + j)]) * x[size_t(t * c.cols + j)]);
+      ASSERT_NEAR(y[size_t(t * c.rows + r)], ref, 0.02 * mag + 1e-6) << c.spec;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Formats, BlockQKernel,
+    testing::Values(Case{"q4_0", 37, 96}, Case{"q4_1", 5, 64}, Case{"q5_0", 9, 160}, Case{"q5_1", 3, 32},
+                    Case{"q8_0", 33, 256}, Case{"q4_k", 7, 512}, Case{"q5_k", 4, 256}, Case{"iq4_nl", 6, 128},
+                    Case{"int4:g128", 19, 384}, Case{"int4:g32:asym", 8, 96}, Case{"int3:row", 5, 172},
+                    Case{"int2:g64:mid", 4, 200}, Case{"int8:g64", 6, 130}, Case{"int5:row:asym", 3, 50}),
+    case_name);
+
+// Formats without an integer kernel still run on packed weights, through the other paths.
+TEST(PackedLinearPaths, RowTilesAndWholeMatrixMatchFp32) {
+  for (const std::string spec : {"q6_k", "q3_k", "e8:b2", "nf4:g64", "int4:tensor"}) {
+    const auto f = make_format(spec);
+    const int64_t rows = 21, cols = 256;
+    const std::vector<float> w = qk_test::gaussian(size_t(rows * cols), 16, 0.02f);
+    const Packed pk = f->quantize(w.data(), rows, cols, nullptr);
+    TensorView v{"w", dtype_from_name_or_qk(spec), {rows, cols}, pk.bytes.data(), pk.bytes.size()};
+    if (v.type == DType::QK) v.format = spec, v.stored_cols = cols;
+    PackedLinear lin(v);
+    EXPECT_STREQ(lin.path(), v.type == DType::QK ? "whole-matrix" : "row-tiles") << spec;
+    std::vector<float> deq(w.size()), x = qk_test::gaussian(size_t(5 * cols), 17), y(size_t(5 * rows));
+    f->dequantize(pk, deq.data());
+    lin.forward(x.data(), 5, y.data());
+    for (int64_t t = 0; t < 5; ++t)
+      for (int64_t r = 0; r < rows; ++r) {
+        double ref = 0;
+        for (int64_t j = 0; j < cols; ++j) ref += double(deq[size_t(r * cols + j)]) * x[size_t(t * cols + j)];
+        ASSERT_NEAR(y[size_t(t * rows + r)], ref, 1e-4) << spec;
+      }
+  }
+}
