@@ -6,7 +6,10 @@
 
 #include <cmath>
 
+#include <nlohmann/json.hpp>
+
 #include "formats_test_util.h"
+#include "test_util.h"
 #include "kernels/block_q.h"
 #include "quantkit/dtype.h"
 #include "quantkit/format.h"
@@ -168,4 +171,27 @@ TEST(PackedLinearPaths, RowTilesAndWholeMatrixMatchFp32) {
         ASSERT_NEAR(y[size_t(t * rows + r)], ref, 1e-4) << spec;
       }
   }
+}
+
+// `eval --fp32-activations` measures the weight format alone; the default int8 activations
+// (as llama.cpp) cost a little more, on a real model.
+TEST(PackedLinearPaths, EvalReportsInt8AndFp32Activations) {
+  const std::string dir = qk_test::temp_dir("int8act"), q = dir + "/q4_0.gguf";
+  ASSERT_EQ(qk_test::run_cli("quantize -m " + qk_test::model_path() + " --tokenizer " + qk_test::tokenizer_path() +
+                             " -f q4_0 -o " + q)
+                .exit_code,
+            0);
+  auto ppl = [&](const std::string& extra) {
+    const auto r = qk_test::run_cli("eval -m " + q + " --text " + qk_test::shared("data/aidreams-eval.txt") +
+                                    " --ctx 128 --max-tokens 4096 --json " + extra);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);
+    return std::make_pair(j["activations"].get<std::string>(),
+                          j["perplexity"]["llama.cpp"]["perplexity"].get<double>());
+  };
+  const auto int8 = ppl(""), fp32 = ppl("--fp32-activations");
+  EXPECT_EQ(int8.first, "int8");
+  EXPECT_EQ(fp32.first, "fp32");
+  EXPECT_NE(int8.second, fp32.second);
+  EXPECT_NEAR(int8.second, fp32.second, 0.01 * fp32.second);
 }

@@ -6,6 +6,7 @@
 #include "cli/common.h"
 #include "quantkit/error.h"
 #include "quantkit/eval.h"
+#include "quantkit/linear.h"
 
 namespace quantkit::cli {
 namespace {
@@ -14,7 +15,7 @@ struct EvalArgs {
   ModelArgs model;
   std::string text, ref, ref_tokenizer, separator, kv = "f32";
   EvalOptions opt;
-  bool json = false;
+  bool json = false, fp32_activations = false;
 };
 
 nlohmann::json ppl_json(const PerplexityStats& s) {
@@ -25,6 +26,7 @@ nlohmann::json ppl_json(const PerplexityStats& s) {
 int run_eval(const EvalArgs& args) {
   EvalArgs a = args;
   a.opt.kv = parse_kv_spec(a.kv);
+  set_int8_activations(!a.fp32_activations);
   ModelFile file = a.model.load();
   Tokenizer tok = tokenizer_of(file);
   LlamaModel model(file);
@@ -49,6 +51,7 @@ int run_eval(const EvalArgs& args) {
     nlohmann::json j = {{"model", a.model.model}, {"text", a.text}, {"tokens", r.n_tokens}, {"ctx", r.ctx},
                         {"stride", r.stride}, {"windows", r.n_windows}, {"seconds", r.seconds},
                         {"tokens_per_second", r.tokens_per_second},
+                        {"activations", a.fp32_activations ? "fp32" : "int8"},
                         {"kv", {{"spec", a.opt.kv.str()},
                                 {"key_bits", kv_bits_per_element(a.opt.kv.k, true, kv_dim, head_dim)},
                                 {"value_bits", kv_bits_per_element(a.opt.kv.v, false, kv_dim, head_dim)}}},
@@ -87,6 +90,9 @@ Register reg({"eval", "perplexity and KL divergence on a text", [](CLI::App& app
   app.add_option("--doc-separator", a->separator, "replace each line holding only this string by nothing (e.g. '<|endoftext|>')");
   app.add_option("--kv", a->kv, "KV cache format K_SPEC,V_SPEC (f32, int8, int4, int2, vidkv, ternary; :bN :gN :rN :oF); "
                  "without --ref, KL is against an FP32 cache");
+  app.add_flag("--fp32-activations", a->fp32_activations,
+               "multiply quantized weights with FP32 activations (default: int8 per 32, as llama.cpp), "
+               "to measure the weight format's error alone");
   app.add_flag("--json", a->json, "machine-readable result on stdout");
   return [a] { return run_eval(*a); };
 }});
