@@ -5,9 +5,9 @@
 //
 //   bench_quantize_model [--format SPEC] [--threads N] [--reps N] [--no-peer]
 //
-// The model (Gaussian weights * 0.02, norms 1, no vocabulary) is generated once and cached
-// in <build>/bench-data/. Both tools run as child processes on a warm page cache, so the
-// times are end to end (read, quantize, write) and the memory is the child's alone.
+// The model (quantkit/synthetic_model.h: seeded Gaussian weights, norms 1, F16) is generated
+// once and cached in <build>/bench-data/. Both tools run as child processes on a warm page
+// cache, so the times are end to end (read, quantize, write) and the memory is the child's.
 //
 // Memory beyond the mapped input: the input is mmap'ed, so the child's resident set grows
 // by the file's size as it is read; those pages are file-backed and clean (the kernel can
@@ -22,7 +22,6 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -37,7 +36,7 @@
 #include "io/llama_tensors.h"
 #include "io/model_io.h"
 #include "quantkit/error.h"
-#include "quantkit/fp16.h"
+#include "quantkit/synthetic_model.h"
 #include "quantkit/thread_pool.h"
 
 using namespace quantkit;
@@ -58,61 +57,6 @@ int64_t parameter_count(const LlamaConfig& c) {
   return n;
 }
 
-// splitmix64: a counter-based stream, so every row block of every tensor has its own seed
-// and the file is the same for any thread count.
-uint64_t splitmix(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// N(0, sigma^2) halves by Box-Muller.
-void gaussian_halves(uint64_t seed, float sigma, uint16_t* out, int64_t n) {
-  for (int64_t i = 0; i < n; i += 2) {
-    const uint64_t r = splitmix(seed);
-    const double u1 = (double(r >> 40) + 1.0) / double(1ull << 24), u2 = double(r & 0xffffff) / double(1ull << 24);
-    const double rad = sigma * std::sqrt(-2.0 * std::log(u1)), ang = 2.0 * M_PI * u2;
-    out[i] = f32_to_f16(float(rad * std::cos(ang)));
-    if (i + 1 < n) out[i + 1] = f32_to_f16(float(rad * std::sin(ang)));
-  }
-}
-
-// Writes the synthetic F16 model (norms F32 = 1) to path; all tensor data is held until
-// the writer returns (1.7 GB; generation only).
-void generate_model(const std::string& path) {
-  ModelFile m;
-  m.path = path;
-  m.container = "gguf";
-  m.config = synthetic_config();
-  const auto specs = llama_tensor_specs(m.config);
-  for (size_t t = 0; t < specs.size(); ++t) {
-    const auto& s = specs[t];
-    TensorView v;
-    v.name = s.name;
-    v.shape = s.shape;
-    const int64_t n = shape_numel(s.shape);
-    if (s.shape.size() == 1) {
-      auto buf = std::make_shared<std::vector<float>>(static_cast<size_t>(n), 1.0f);
-      v.type = DType::F32, v.data = buf->data(), v.nbytes = buf->size() * 4;
-      m.storage.push_back(buf);
-    } else {
-      auto buf = std::make_shared<std::vector<uint16_t>>(static_cast<size_t>(n));
-      const int64_t cols = s.shape[1], blocks = (s.shape[0] + 63) / 64;
-      global_pool().parallel_for(blocks, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r0 = 64 * b, r1 = std::min<int64_t>(s.shape[0], r0 + 64);
-          gaussian_halves((uint64_t(t) << 32) ^ uint64_t(b), 0.02f, buf->data() + r0 * cols, (r1 - r0) * cols);
-        }
-      });
-      v.type = DType::F16, v.data = buf->data(), v.nbytes = buf->size() * 2;
-      m.storage.push_back(buf);
-    }
-    m.tensors.push_back(v);
-  }
-  save_gguf_model(m, path);
-}
-
 // The cached model, generated when missing or unreadable.
 std::string synthetic_model(const std::string& dir) {
   const std::string path = dir + "/synthetic-0.9b-f16.gguf";
@@ -126,7 +70,10 @@ std::string synthetic_model(const std::string& dir) {
   }
   std::fprintf(stderr, "generating %s ...\n", path.c_str());
   const auto t0 = std::chrono::steady_clock::now();
-  generate_model(path);
+  SyntheticOptions opt;
+  opt.config = synthetic_config();
+  opt.format = "f16";
+  write_synthetic_model(opt, path);
   std::fprintf(stderr, "generated in %.1f s\n",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return path;

@@ -25,7 +25,10 @@ class MappedFile {
 };
 
 // Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
-// rename. A failure leaves any existing `path` untouched.
+// rename. A failure leaves any existing `path` untouched: a thrown error removes the
+// temporary (destructor), and so does SIGINT, SIGTERM or SIGHUP (a signal handler,
+// installed with the first AtomicFile where the signal's action is the default, unlinks
+// every live temporary and re-raises the signal).
 class AtomicFile {
  public:
   explicit AtomicFile(const std::string& path);
@@ -41,8 +44,12 @@ class AtomicFile {
  private:
   std::string path_, tmp_path_;
   int fd_ = -1;
+  int slot_ = -1;  // entry in the signal handler's table of live temporaries
   uint64_t offset_ = 0;
   bool committed_ = false;
 };
+
+// Temporaries of AtomicFiles alive now (not yet committed or destroyed), for tests.
+int live_temp_files();
 
 }  // namespace quantkit

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "quantkit/calibration.h"
+#include "quantkit/distributed.h"
 #include "quantkit/gptq.h"
 #include "quantkit/model_file.h"
 
@@ -32,6 +33,16 @@ struct QuantizeOptions {
   std::vector<TensorRule> rules;       // first match wins: --skip (keep), --keep-f16 (f16), --override
   CalibrationOptions calibration;
   GptqOptions gptq;
+  // Non-finite input weights (NaN, +-Inf) are an error naming the tensor; with this set they
+  // are replaced by 0 before anything else runs (calibration included) and each affected
+  // tensor's report note counts them.
+  bool allow_nonfinite = false;
+  // Scale-out (docs/distributed.md). comm: the processes sharing the job (null: this one);
+  // every rank calls quantize_model with the same arguments, rank 0 gets the model.
+  Communicator* comm = nullptr;
+  uint64_t max_memory = 0;   // refuse up front when a rank's estimated peak exceeds it (0: no limit)
+  std::string resume_dir;    // per-stage checkpoints; a rerun continues after the last finished stage
+  std::string spill_dir;     // finished stages wait in an unlinked file here instead of RAM (empty: RAM)
 };
 
 // The storage chosen for one tensor.
@@ -83,10 +94,33 @@ struct HessianError {
 HessianError sampled_hessian_error(const float* w, const float* q, int64_t rows, int64_t cols,
                                    const std::vector<double>& h);
 
+// One rank's peak memory as the streaming plan predicts it: what it holds at once during its
+// most demanding stage (bytes).
+struct MemoryEstimate {
+  int rank = 0, ranks = 1;
+  std::string stage;          // the most demanding stage
+  uint64_t embeddings = 0;    // FP32 token embeddings, norms, RoPE tables (calibration)
+  uint64_t activations = 0;   // hidden states of this rank's windows, one chunk of layer inputs, forward scratch
+  uint64_t hessians = 0;      // partial sums of the stage's input Hessians, the finished ones this rank solves with
+  uint64_t layer = 0;         // the stage's weights in FP32 (calibration runs them) and its quantized bytes
+  uint64_t solve = 0;         // quantizing this rank's largest tensor of the stage
+  uint64_t output = 0;        // finished stages kept in RAM (0 when they go to disk)
+  uint64_t total() const { return embeddings + activations + hessians + layer + solve + output; }
+  std::string describe() const;  // "12.3 MiB (embeddings ... + output ...) at stage blk.3"
+};
+
+// Bytes a tensor takes once stored according to its plan.
+uint64_t stored_bytes(const TensorView& src, const TensorPlan& plan);
+// Working memory of quantize_tensor on src beyond its input and Hessian (calibrated: the
+// method runs with a Hessian).
+uint64_t quantize_working_bytes(const TensorView& src, const TensorPlan& plan, QuantMethod method, bool calibrated);
+
 struct QuantizeResult {
-  ModelFile model;  // owns its tensor bytes (storage)
+  ModelFile model;  // owns its tensor bytes (storage); rank 0 only in a job of several ranks
   std::vector<TensorReport> tensors;
   uint64_t input_bytes = 0, output_bytes = 0;  // tensor data only
+  MemoryEstimate memory;  // this rank's
+  int stages = 0, resumed_stages = 0;  // stages of the job, and how many an earlier run had finished
   int calibration_windows = 0;
   int64_t calibration_tokens = 0;
   double seconds = 0;

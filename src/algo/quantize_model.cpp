@@ -1,7 +1,8 @@
 // quantize_model: the data flow of `quantkit quantize`. Tensors are planned, then
 // quantized one by one; with calibration, layer by layer: capture the layer's input
 // Hessians on the current hidden states, quantize its seven matrices, swap the quantized
-// weights into the FP model and advance the hidden states through it.
+// weights into the FP model and advance the hidden states through it. The stages and how
+// the processes of a distributed job share them: src/dist/quantize_job.cpp.
 #include <cblas.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 
 #include "formats/ggml_encode.h"
 #include "formats/ggml_formats.h"
+#include "dist/quantize_job.h"
 #include "io/llama_tensors.h"
 #include "quantkit/error.h"
 #include "quantkit/fp16.h"
@@ -24,6 +26,82 @@ namespace quantkit {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// ---- non-finite input weights ------------------------------------------------------------
+
+// Thrown for a non-finite weight; quantize_model adds the file name.
+struct NonFiniteWeight : Error {
+  using Error::Error;
+};
+
+[[noreturn]] void nonfinite_error(const std::string& tensor, int64_t flat, int64_t cols, float value) {
+  throw NonFiniteWeight(fmt::format("tensor '{}': weight at row {}, col {} is {} (--allow-nonfinite replaces "
+                                    "non-finite weights by 0)", tensor, flat / cols, flat % cols, value));
+}
+
+void check_finite(const std::string& tensor, const std::vector<float>& w, int64_t cols) {
+  const auto bad = std::find_if(w.begin(), w.end(), [](float x) { return !std::isfinite(x); });
+  if (bad != w.end()) nonfinite_error(tensor, bad - w.begin(), std::max<int64_t>(cols, 1), *bad);
+}
+
+// Whether a stored 16-bit float is NaN or infinite (all exponent bits set).
+bool half_nonfinite(uint16_t h, DType t) {
+  const uint16_t exp = t == DType::F16 ? 0x7c00 : 0x7f80;
+  return (h & exp) == exp;
+}
+
+// Tensors whose weights can be read as floats (others are never quantized).
+bool has_float_values(const TensorView& v) {
+  const DTypeTraits* t = dtype_traits(uint32_t(v.type));
+  return v.type == DType::QK || (t && t->to_float);
+}
+
+// Replaces the non-finite weights of v by 0, in a copy kept in `storage`: f32/f16/bf16 keep
+// their type (zeroed elements), any other type becomes f32. Returns how many were replaced.
+int64_t zero_nonfinite(TensorView& v, std::vector<std::shared_ptr<const void>>& storage) {
+  if (v.type == DType::F16 || v.type == DType::BF16) {
+    const auto* h = static_cast<const uint16_t*>(v.data);
+    const size_t n = size_t(v.numel());
+    int64_t count = 0;
+    for (size_t i = 0; i < n; ++i) count += half_nonfinite(h[i], v.type);
+    if (!count) return 0;
+    auto copy = std::make_shared<std::vector<uint16_t>>(h, h + n);
+    for (uint16_t& x : *copy)
+      if (half_nonfinite(x, v.type)) x = 0;
+    v.data = copy->data();
+    storage.push_back(copy);
+    return count;
+  }
+  Tensor f = to_float(v);
+  int64_t count = 0;
+  for (float& x : f.data)
+    if (!std::isfinite(x)) x = 0.0f, ++count;
+  if (!count) return 0;
+  auto copy = std::make_shared<std::vector<float>>(std::move(f.data));
+  v.type = DType::F32;
+  v.format.clear();
+  v.stored_cols = 0;
+  v.data = copy->data();
+  v.nbytes = copy->size() * sizeof(float);
+  storage.push_back(copy);
+  return count;
+}
+
+// The --allow-nonfinite policy over a whole model: counts per replaced tensor.
+std::map<std::string, int64_t> zero_nonfinite(ModelFile& m) {
+  std::map<std::string, int64_t> replaced;
+  for (TensorView& t : m.tensors)
+    if (has_float_values(t))
+      if (const int64_t n = zero_nonfinite(t, m.storage)) replaced[t.name] = n;
+  return replaced;
+}
+
+// Calibration runs the input model before any tensor is quantized: its weights are checked
+// first, so a NaN is reported by tensor rather than as a broken Hessian.
+void check_finite(const ModelFile& m) {
+  for (const TensorView& t : m.tensors)
+    if (has_float_values(t)) check_finite(t.name, to_float(t).data, t.shape.empty() ? 1 : t.shape.back());
+}
 
 std::vector<float> pad_columns(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t stored) {
   if (stored == cols) return w;
@@ -179,7 +257,7 @@ QuantizedTensor quantize_by_rows(const TensorView& src, DType type, bool keep_de
     const int64_t r = first_bad / cols, c = first_bad % cols;
     std::vector<float> w(static_cast<size_t>(cols));
     dequantize(src.type, static_cast<const uint8_t*>(src.data) + size_t(r) * in_row, w.data(), cols);
-    fail("tensor {}: weight at row {}, col {} is {}", src.name, r, c, w[size_t(c)]);
+    nonfinite_error(src.name, first_bad, cols, w[size_t(c)]);
   }
   ErrorSums total;
   for (const ErrorSums& e : row_sums) total.add(e);
@@ -213,6 +291,7 @@ QuantizedTensor quantize_one(const TensorView& src, const TensorPlan& plan, Quan
     return q;
   }
   const Tensor w = to_float(src);
+  check_finite(src.name, w.data, w.cols());
   QuantizedTensor q;
   std::vector<float> importance;
   if (h) importance = h->importance();
@@ -277,31 +356,6 @@ ModelFile normal_rope_layout(const ModelFile& in) {
   return m;
 }
 
-// The input each linear weight of a layer sees.
-std::optional<LinearInput> input_of(const std::string& name) {
-  static const std::pair<const char*, LinearInput> kInputs[] = {
-      {".attn_q.weight", LinearInput::Attention},       {".attn_k.weight", LinearInput::Attention},
-      {".attn_v.weight", LinearInput::Attention},       {".attn_output.weight", LinearInput::AttentionOutput},
-      {".ffn_gate.weight", LinearInput::Ffn},           {".ffn_up.weight", LinearInput::Ffn},
-      {".ffn_down.weight", LinearInput::FfnDown}};
-  for (const auto& [suffix, which] : kInputs)
-    if (name.ends_with(suffix)) return which;
-  return std::nullopt;
-}
-
-// Swaps a quantized layer weight into the calibration model.
-void install(LlamaLayer& L, const std::string& name, Tensor w) {
-  std::unique_ptr<Linear>* slot = name.ends_with(".attn_q.weight")        ? &L.wq
-                                  : name.ends_with(".attn_k.weight")      ? &L.wk
-                                  : name.ends_with(".attn_v.weight")      ? &L.wv
-                                  : name.ends_with(".attn_output.weight") ? &L.wo
-                                  : name.ends_with(".ffn_gate.weight")    ? &L.w_gate
-                                  : name.ends_with(".ffn_up.weight")      ? &L.w_up
-                                  : name.ends_with(".ffn_down.weight")    ? &L.w_down
-                                                                          : nullptr;
-  if (slot) *slot = std::make_unique<DenseLinear>(std::move(w));
-}
-
 }  // namespace
 
 HessianError sampled_hessian_error(const float* w, const float* q, int64_t rows, int64_t cols,
@@ -329,69 +383,67 @@ QuantizedTensor quantize_tensor(const TensorView& src, const TensorPlan& plan, Q
   return quantize_one(src, plan, method, h, gptq, true);
 }
 
+uint64_t stored_bytes(const TensorView& src, const TensorPlan& plan) {
+  switch (plan.kind) {
+    case TensorPlan::Keep:
+      return src.nbytes;
+    case TensorPlan::Float:
+      return uint64_t(src.numel()) * dtype_traits(dtype_from_name(plan.spec)).type_size;
+    case TensorPlan::Quantize:
+      return (make_format(plan.spec)->storage_bits(src.shape[0], plan.stored_cols) + 7) / 8;
+  }
+  return src.nbytes;
+}
+
+// What quantize_one allocates, by its branches: rows streamed (output + one row per thread;
+// independent of this machine's thread count, so every rank of a job computes the same),
+// or the float copies (input, padded, decoded, dequantized candidate), packed candidates,
+// the padded mean Hessian and GPTQ's FP32 factor and column-major copies.
+uint64_t quantize_working_bytes(const TensorView& src, const TensorPlan& plan, QuantMethod method, bool calibrated) {
+  const uint64_t out = stored_bytes(src, plan), n = uint64_t(src.numel());
+  const uint64_t rows = src.shape.size() == 2 ? uint64_t(src.shape[0]) : 1, cols = uint64_t(src.shape.back());
+  if (!calibrated && streams_by_rows(src, plan)) return out + 8 * 64 * cols + 32 * rows;  // rows of up to 64 threads
+  uint64_t bytes = 8 * n + out;  // input and decoded floats, the stored bytes
+  if (plan.kind != TensorPlan::Quantize) return bytes;
+  const uint64_t sc = uint64_t(plan.stored_cols), ns = rows * sc;
+  bytes += 4 * ns + 2 * out + 32 * rows;
+  if (calibrated && method != QuantMethod::Rtn) bytes += 16 * sc * sc + 4 * ns + 32 * std::min<uint64_t>(rows, 256) * sc;
+  if (calibrated && method == QuantMethod::Gptq) bytes += 8 * sc * sc + 12 * ns;
+  return bytes;
+}
+
 QuantizeResult quantize_model(const ModelFile& in, const QuantizeOptions& opt, const std::vector<int>* calib_tokens,
                               int bos, const QuantizeProgress& progress) {
   const auto t0 = Clock::now();
-  const ModelFile src = normal_rope_layout(in);
+  ModelFile src = normal_rope_layout(in);
+  std::map<std::string, int64_t> replaced;
+  try {
+    if (opt.allow_nonfinite)
+      replaced = zero_nonfinite(src);
+    else if (opt.method != QuantMethod::Rtn)
+      check_finite(src);
+  } catch (const NonFiniteWeight& e) {
+    fail("{}: {}", in.path, e.what());
+  }
   std::vector<TensorPlan> plans;
   for (const TensorView& t : src.tensors) plans.push_back(plan_tensor(t, opt));
 
-  std::map<std::string, QuantizedTensor> done;
-  QuantizeResult res;
-  // Quantizes tensor i; returns its decoded weights if asked (they are not kept: memory).
-  auto run = [&](size_t i, const InputHessian* h, bool decoded) {
-    QuantizedTensor& q = done[src.tensors[i].name];
-    q = quantize_one(src.tensors[i], plans[i], opt.method, h, opt.gptq, decoded);
-    return std::move(q.decoded);
-  };
-  auto index_of = [&](const std::string& name) {
-    for (size_t i = 0; i < src.tensors.size(); ++i)
-      if (src.tensors[i].name == name) return i;
-    fail("{}: tensor '{}' is missing", src.path, name);
-  };
-
-  if (opt.method != QuantMethod::Rtn) {
-    if (!calib_tokens) fail("method {} needs calibration text (--calib FILE)", method_name(opt.method));
-    LlamaModel model(src);
-    Calibrator cal(model, *calib_tokens, bos, opt.calibration);
-    res.calibration_windows = cal.windows();
-    res.calibration_tokens = int64_t(cal.windows()) * cal.ctx();
-    const int n_layers = src.config.n_layers;
-    for (int l = 0; l < n_layers; ++l) {
-      if (progress) progress("layer", l, n_layers, llama_tensor_name(l, "*"));
-      const LayerHessians hs = cal.capture(l);
-      const std::string prefix = "blk." + std::to_string(l) + ".";
-      for (size_t i = 0; i < src.tensors.size(); ++i) {
-        const std::string& name = src.tensors[i].name;
-        if (!name.starts_with(prefix)) continue;
-        auto which = input_of(name);
-        Tensor decoded = run(i, which ? &hs.of(*which) : nullptr, which.has_value());
-        if (which) install(model.layers()[size_t(l)], name, std::move(decoded));
-      }
-      cal.advance(l);
+  // Quantizes tensor i (h: its input Hessian or null); the stages (src/dist/quantize_job.cpp)
+  // decode what they install from the stored bytes.
+  auto run = [&](size_t i, const InputHessian* h) {
+    QuantizedTensor q;
+    try {
+      q = quantize_one(src.tensors[i], plans[i], opt.method, h, opt.gptq, false);
+    } catch (const NonFiniteWeight& e) {
+      fail("{}: {}", in.path, e.what());
     }
-    if (progress) progress("layer", n_layers, n_layers, "output");
-    if (!src.config.tied_embeddings) {
-      const InputHessian head = cal.capture_head();
-      run(index_of("output.weight"), &head, false);
+    if (auto it = replaced.find(src.tensors[i].name); it != replaced.end()) {
+      std::string& note = q.report.plan.note;
+      note += fmt::format("{}{} non-finite weights replaced by 0", note.empty() ? "" : "; ", it->second);
     }
-  }
-  for (size_t i = 0; i < src.tensors.size(); ++i) {
-    if (done.count(src.tensors[i].name)) continue;
-    if (progress) progress("tensor", int(i), int(src.tensors.size()), src.tensors[i].name);
-    run(i, nullptr, false);
-  }
-
-  res.model = src;
-  res.model.tensors.clear();
-  for (const TensorView& t : src.tensors) {
-    QuantizedTensor& q = done.at(t.name);
-    res.input_bytes += in.find(t.name)->nbytes;
-    res.output_bytes += q.view.nbytes;
-    res.model.tensors.push_back(q.view);
-    if (q.bytes) res.model.storage.push_back(q.bytes);
-    res.tensors.push_back(std::move(q.report));
-  }
+    return q;
+  };
+  QuantizeResult res = dist::run_quantize_job({in, src, plans, opt, calib_tokens, bos, progress, run});
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return res;
 }

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
+#include <thread>
 
 #include "cli/budget.h"
 #include "cli/command.h"
@@ -11,7 +12,9 @@
 #include "io/model_io.h"
 #include "quantkit/error.h"
 #include "quantkit/eval.h"
+#include "quantkit/html_report.h"
 #include "quantkit/quantize.h"
+#include "quantkit/thread_pool.h"
 
 namespace quantkit::cli {
 namespace {
@@ -19,13 +22,14 @@ namespace {
 struct QuantizeArgs {
   ModelArgs model;
   QuantizeOptions opt;
-  std::string format, method = "rtn", calib, out, eval_text, separator;
+  std::string format, method = "rtn", calib, out, eval_text, separator, report;
   std::string embedding_format = "q8_0", safetensors_dtype = "f16", safetensors_layout = "dequantized";
   std::vector<std::string> skip, keep_f16, overrides;
   int64_t calib_tokens = 0;
   int ctx = 0, eval_ctx = 0, split = 0;
   bool json = false, no_act_order = false;
   BudgetArgs budget;
+  std::string max_memory = "auto", resume;  // scale-out (docs/distributed.md)
 };
 
 enum class OutputKind { Gguf, Safetensors };
@@ -50,7 +54,9 @@ QuantizeOptions options_of(const QuantizeArgs& a, int model_ctx) {
   for (const auto& r : a.overrides) o.rules.push_back(TensorRule::parse(r));
   o.calibration.ctx = a.ctx ? a.ctx : std::min(256, model_ctx);
   if (a.calib_tokens) o.calibration.windows = int(std::max<int64_t>(1, a.calib_tokens / o.calibration.ctx));
+  o.gptq.damp = a.opt.gptq.damp;
   o.gptq.act_order = !a.no_act_order;
+  o.allow_nonfinite = a.opt.allow_nonfinite;
   return o;
 }
 
@@ -91,20 +97,6 @@ void print_gptq_notes(const GptqReport& g) {
     std::fprintf(stderr, "  %s (%s): %s\n", d.name.c_str(), d.type.c_str(), d.reason.c_str());
 }
 
-nlohmann::json tensor_json(const TensorReport& t) {
-  return {{"name", t.name},
-          {"requested", t.plan.requested},
-          {"format", t.plan.spec},
-          {"note", t.plan.note},
-          {"shape", {t.rows, t.cols}},
-          {"bits_per_weight", t.bits_per_weight},
-          {"method", t.method},
-          {"calibrated", t.calibrated},
-          {"weighted_rel_error", t.weighted_rel_error},
-          {"sqnr_db", std::isfinite(t.sqnr_db) ? nlohmann::json(t.sqnr_db) : nlohmann::json(nullptr)},
-          {"seconds", t.seconds}};
-}
-
 void print_table(const QuantizeResult& r) {
   std::printf("%-26s %-14s %-10s %7s %-8s %10s %8s  %s\n", "tensor", "format", "shape", "bits/w", "method",
               "rel.err", "SQNR dB", "note");
@@ -116,9 +108,39 @@ void print_table(const QuantizeResult& r) {
   }
 }
 
-int run_quantize(QuantizeArgs& a) {
+// The options of the job itself (not of budget planning or the Pareto sweep, which every
+// process runs alone): its processes (mpirun), memory limit, checkpoints, the output's folder
+// for finished stages, and the cores of this machine shared among its ranks.
+QuantizeOptions scaled_out(QuantizeOptions opt, const QuantizeArgs& a, Communicator& comm) {
+  opt.comm = &comm;
+  opt.max_memory = parse_memory_limit(a.max_memory, comm.local_size());
+  opt.resume_dir = a.resume;
+  const std::filesystem::path out = std::filesystem::absolute(a.out);
+  opt.spill_dir = (std::filesystem::is_directory(out) ? out : out.parent_path()).string();
+  if (!a.model.threads && comm.local_size() > 1)
+    set_num_threads(std::max(1, int(std::thread::hardware_concurrency()) / comm.local_size()));
+  return opt;
+}
+
+// Every rank's peak RSS (getrusage) beside its estimate, printed by rank 0; for --json.
+nlohmann::json report_memory(Communicator& comm, const QuantizeResult& r, const QuantizeArgs& a) {
+  const std::vector<uint64_t> rss = gather_u64(comm, peak_rss_bytes()), est = gather_u64(comm, r.memory.total());
+  nlohmann::json ranks = nlohmann::json::array();
+  if (r.resumed_stages)
+    std::fprintf(stderr, "note: resumed from %s: %d of %d stages were done\n", a.resume.c_str(),
+                 r.resumed_stages, r.stages);
+  for (size_t i = 0; i < rss.size(); ++i) {
+    std::fprintf(stderr, "rank %zu of %zu: peak RSS %s (estimated %s)\n", i, rss.size(), format_bytes(rss[i]).c_str(),
+                 format_bytes(est[i]).c_str());
+    ranks.push_back({{"rank", i}, {"peak_rss_bytes", rss[i]}, {"estimated_peak_bytes", est[i]}});
+  }
+  return ranks;
+}
+
+int run_quantize(QuantizeArgs& a, Communicator& comm) {
   ModelFile in = a.model.load();
   QuantizeOptions opt = options_of(a, in.config.max_seq_len);
+  scaled_out(opt, a, comm);  // a bad --max-memory fails before any work
   std::vector<int> calib;
   int bos = 1;
   if (opt.method != QuantMethod::Rtn && a.calib.empty())
@@ -139,12 +161,14 @@ int run_quantize(QuantizeArgs& a) {
     opt.format = "mixed";
   }
   Progress layers("quantize: layer", in.config.n_layers), tensors("quantize: tensor", int64_t(in.tensors.size()));
-  QuantizeResult r = quantize_model(in, opt, calib.empty() ? nullptr : &calib, bos,
+  QuantizeResult r = quantize_model(in, scaled_out(opt, a, comm), calib.empty() ? nullptr : &calib, bos,
                                     [&](const char* stage, int done, int, const std::string& what) {
                                       (std::string(stage) == "layer" ? layers : tensors).update(done, 0, what);
                                     });
   tensors.finish();
+  if (!comm.root()) return report_memory(comm, r, a), 0;  // rank 0 writes the output
   const std::optional<GptqReport> gptq = write_output(r, a);
+  const nlohmann::json ranks = report_memory(comm, r, a);
   if (gptq && !a.json) print_gptq_notes(*gptq);
 
   int quantkit_only = 0;
@@ -174,19 +198,14 @@ int run_quantize(QuantizeArgs& a) {
   const double bits = 8.0 * double(r.output_bytes);
   int64_t n_params = 0;
   for (const auto& t : r.tensors) n_params += t.rows * t.cols;
+  nlohmann::json j = report::quantize_json(in, r, {a.model.model, a.out, opt.format, a.method});
+  if (gptq) j["gptq"] = gptq_json(*gptq);
+  if (budget) j["mixed_precision"] = budget_json(*budget);
+  if (!frontier.is_null()) j["pareto"] = frontier;
+  if (eval) j["eval"] = report::eval_json(ev, a.eval_text);
+  j["ranks"] = ranks;
+  if (!a.report.empty()) report::write_html(j, "quantize of " + a.model.model, a.report);
   if (a.json) {
-    nlohmann::json j = {{"model", a.model.model}, {"output", a.out}, {"format", opt.format},
-                        {"method", a.method}, {"input_bytes", r.input_bytes}, {"output_bytes", r.output_bytes},
-                        {"bits_per_weight", bits / double(n_params)}, {"seconds", r.seconds},
-                        {"calibration", {{"windows", r.calibration_windows}, {"tokens", r.calibration_tokens}}}};
-    for (const auto& t : r.tensors) j["tensors"].push_back(tensor_json(t));
-    if (gptq) j["gptq"] = gptq_json(*gptq);
-    if (budget) j["mixed_precision"] = budget_json(*budget);
-    if (!frontier.is_null()) j["pareto"] = frontier;
-    if (eval)
-      j["eval"] = {{"text", a.eval_text}, {"ctx", ev.ctx}, {"perplexity", ev.llamacpp.ppl},
-                   {"perplexity_all_tokens", ev.all_tokens.ppl}, {"kl_mean", ev.kl.mean},
-                   {"kl_p99", ev.kl.p99}, {"top1_agreement", ev.kl.top1_agreement}};
     print_json(j);
     return 0;
   }
@@ -221,6 +240,8 @@ Register reg({"quantize", "quantize a model to a format with rtn, weighted or gp
   app.add_option("--split", a->split, "SplitQuant: split each layer weight into K value clusters")->check(CLI::Range(2, 8));
   app.add_option("--damp", a->opt.gptq.damp, "GPTQ damping, fraction of mean diag(H) (default 0.01)")->check(CLI::Range(0.0, 10.0));
   app.add_flag("--no-act-order", a->no_act_order, "GPTQ: columns in natural order");
+  app.add_flag("--allow-nonfinite", a->opt.allow_nonfinite,
+               "replace NaN/Inf input weights by 0 (counted in the note column) instead of failing");
   app.add_option("--safetensors-dtype", a->safetensors_dtype, "f16 | bf16 | f32 for safetensors output")->check(CLI::IsMember({"f16", "bf16", "f32"}));
   app.add_option("--safetensors-layout", a->safetensors_layout,
                  "dequantized (default: every tensor in --safetensors-dtype) | gptq (int4/int8 layer weights packed for transformers / vLLM)")
@@ -230,7 +251,15 @@ Register reg({"quantize", "quantize a model to a format with rtn, weighted or gp
   app.add_option("--eval-ctx", a->eval_ctx, "evaluation window (default: model context)")->check(CLI::Range(4, 1 << 20));
   app.add_option("--doc-separator", a->separator, "document separator line in the texts (e.g. '<|endoftext|>')");
   app.add_flag("--json", a->json, "machine-readable result on stdout");
-  return [a] { return run_quantize(*a); };
+  app.add_option("--report", a->report, "also write a self-contained HTML report (charts, sortable tensor table) to this file");
+  app.add_option("--max-memory", a->max_memory,
+                 "refuse up front when a process would need more: BYTES with K/M/G/T suffix, or auto (available RAM "
+                 "shared among this machine's ranks; default)");
+  app.add_option("--resume", a->resume, "checkpoint folder: each finished layer is saved; a rerun continues from it");
+  return [a] {
+    const std::unique_ptr<Communicator> comm = world_communicator();  // MPI when started by mpirun
+    return run_job(*comm, [&] { return run_quantize(*a, *comm); });
+  };
 }});
 
 }  // namespace

@@ -5,13 +5,102 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "quantkit/error.h"
 
 namespace quantkit {
+
+// ---- live temporary files, removed on SIGINT / SIGTERM / SIGHUP --------------------------
+//
+// A fixed table of path buffers, each guarded by a lock-free atomic state, so the signal
+// handler touches only static memory, atomics and unlink() (all async-signal-safe).
+namespace {
+
+constexpr int kTempSlots = 64;
+constexpr size_t kTempPathMax = 4096;
+enum SlotState : int { kFree = 0, kFilling = 1, kLive = 2 };
+
+struct TempSlot {
+  std::atomic<int> state{kFree};
+  char path[kTempPathMax];
+};
+TempSlot g_temp_slots[kTempSlots];
+static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs lock-free atomics");
+
+constexpr int kCleanupSignals[] = {SIGINT, SIGTERM, SIGHUP};
+
+void remove_temps_and_reraise(int sig) {
+  for (TempSlot& s : g_temp_slots)
+    if (s.state.load() == kLive) ::unlink(s.path);
+  // SA_RESETHAND restored the default action; the re-raised signal is delivered when the
+  // handler returns, so the exit status still says which signal ended the process.
+  ::raise(sig);
+}
+
+// Installs the handler for signals whose action is still the default (a host program that
+// handles or ignores them keeps its choice).
+void install_cleanup_handlers() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (int sig : kCleanupSignals) {
+      struct sigaction old {};
+      if (::sigaction(sig, nullptr, &old) != 0 || old.sa_handler != SIG_DFL || (old.sa_flags & SA_SIGINFO)) continue;
+      struct sigaction sa {};
+      sa.sa_handler = remove_temps_and_reraise;
+      sigemptyset(&sa.sa_mask);
+      for (int other : kCleanupSignals) sigaddset(&sa.sa_mask, other);
+      sa.sa_flags = SA_RESETHAND;
+      ::sigaction(sig, &sa, nullptr);
+    }
+  });
+}
+
+// Creates a unique file from `tmpl` (ending in XXXXXX) inside a slot; returns its fd and
+// slot (-1 when every slot is taken or the path is too long: the file is then only
+// removed by the destructor, not on a signal).
+int create_registered_temp(std::string& tmpl, int* slot_out) {
+  install_cleanup_handlers();
+  *slot_out = -1;
+  if (tmpl.size() < kTempPathMax)
+    for (int i = 0; i < kTempSlots; ++i) {
+      int expected = kFree;
+      if (!g_temp_slots[i].state.compare_exchange_strong(expected, kFilling)) continue;
+      char* buf = g_temp_slots[i].path;
+      std::memcpy(buf, tmpl.c_str(), tmpl.size() + 1);
+      const int fd = ::mkstemp(buf);
+      if (fd < 0) {
+        g_temp_slots[i].state.store(kFree);
+        return -1;
+      }
+      tmpl = buf;
+      g_temp_slots[i].state.store(kLive);
+      *slot_out = i;
+      return fd;
+    }
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  const int fd = ::mkstemp(buf.data());
+  if (fd >= 0) tmpl = buf.data();
+  return fd;
+}
+
+void release_temp_slot(int slot) {
+  if (slot >= 0) g_temp_slots[slot].state.store(kFree);
+}
+
+}  // namespace
+
+int live_temp_files() {
+  int n = 0;
+  for (const TempSlot& s : g_temp_slots) n += s.state.load() == kLive;
+  return n;
+}
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -44,17 +133,15 @@ MappedFile::~MappedFile() {
 }
 
 AtomicFile::AtomicFile(const std::string& path) : path_(path) {
-  std::string tmpl = path + ".tmp.XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  fd_ = ::mkstemp(buf.data());
+  tmp_path_ = path + ".tmp.XXXXXX";
+  fd_ = create_registered_temp(tmp_path_, &slot_);
   if (fd_ < 0) fail("{}: cannot create temporary output: {}", path, std::strerror(errno));
-  tmp_path_ = buf.data();
 }
 
 AtomicFile::~AtomicFile() {
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) ::unlink(tmp_path_.c_str());
+  release_temp_slot(slot_);
 }
 
 void AtomicFile::write(const void* data, size_t n) {
@@ -88,6 +175,8 @@ void AtomicFile::commit() {
   if (::rename(tmp_path_.c_str(), path_.c_str()) != 0)
     fail("{}: cannot rename temporary output: {}", path_, std::strerror(errno));
   committed_ = true;
+  release_temp_slot(slot_);  // the name is the real output now: a signal must not remove it
+  slot_ = -1;
 }
 
 }  // namespace quantkit

@@ -41,6 +41,11 @@ void register_format_family(FormatFamily f) {
 const std::vector<FormatFamily>& format_families() { return families(); }
 
 std::unique_ptr<Format> make_format(const std::string& spec) {
+  // Specs also come from model files: a control byte must not reach a message unescaped.
+  for (size_t i = 0; i < spec.size(); ++i)
+    if (spec[i] <= 0x20 || spec[i] >= 0x7f)
+      fail("invalid format spec: byte {:#04x} at position {} is not printable ASCII (valid forms: {})",
+           static_cast<unsigned char>(spec[i]), i, valid_forms());
   if (spec.empty() || spec.size() > 256) fail("invalid format spec '{}' (valid forms: {})", spec, valid_forms());
   const std::vector<std::string> tokens = split(spec, ':');
   for (const auto& t : tokens)

@@ -24,6 +24,7 @@
 // L bits (T*k < L) are searched exhaustively. The search runs at a scale that is a fixed
 // multiple of the group's RMS; the stored scale is refitted by least squares on the path.
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -171,8 +172,11 @@ StepFn choose_step(int k) {
 #if !defined(__x86_64__)
   return viterbi_step_scalar;
 #else
-  static const bool avx2 =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  // F16C through cpuid: clang before 18 rejects __builtin_cpu_supports("f16c").
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && [] {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+  }();
   if (!avx2) return viterbi_step_scalar;
   switch (k) {
     case 1: return viterbi_step_avx2<1>;

@@ -783,7 +783,9 @@ class FsqFormat : public Format {
     if (amax == 0) return sc;
     global_pool().parallel_for(int64_t(groups.size()), [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
-        const auto [r0, r1, c0, c1] = groups[size_t(g)];
+        // Plain locals, not a structured binding: clang before 16 cannot capture bindings.
+        const int64_t r0 = groups[size_t(g)][0], r1 = groups[size_t(g)][1], c0 = groups[size_t(g)][2],
+                      c1 = groups[size_t(g)][3];
         float gmax = 0;
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t c = c0; c < c1; ++c) gmax = std::max(gmax, std::fabs(w[r * cols + c]));

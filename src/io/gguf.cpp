@@ -7,6 +7,7 @@
 #include <limits>
 #include <numeric>
 
+#include "io/untrusted.h"
 #include "quantkit/error.h"
 #include "quantkit/mapped_file.h"
 
@@ -21,26 +22,12 @@ namespace {
 constexpr uint64_t kMaxTensors = uint64_t(1) << 20;
 constexpr uint64_t kMaxKV = uint64_t(1) << 24;
 constexpr uint64_t kMaxString = uint64_t(1) << 30;
+constexpr uint64_t kMaxKey = 65535;  // the GGUF specification's limit
 constexpr int kMaxArrayDepth = 16;
 constexpr uint32_t kMaxDims = 4;
 constexpr size_t kGgmlMaxName = 64;  // ggml's name buffer, NUL included
 
 constexpr char kMagic[4] = {'G', 'G', 'U', 'F'};
-
-// Escapes control and non-ASCII bytes so file-supplied names keep messages on one line.
-std::string printable(const std::string& s, size_t max_len = 80) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (out.size() >= max_len) {
-      out += "...";
-      break;
-    }
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c < 0x7f) out += char(c);
-    else out += fmt::format("\\x{:02x}", c);
-  }
-  return out;
-}
 
 // Escapes only control characters (UTF-8 text stays readable) for display values.
 std::string escape_controls(const std::string& s) {
@@ -388,6 +375,17 @@ class GgufParser {
     return std::string(reinterpret_cast<const char*>(p), len);
   }
 
+  // Keys and tensor names end up in maps, messages and output files: non-empty, bounded,
+  // valid UTF-8 without control characters (the specification asks for ASCII keys; UTF-8
+  // is the lenient superset real files stay within).
+  void check_text(const std::string& s, const char* role, uint64_t max_len) const {
+    if (s.empty()) error("empty {}", role);
+    if (s.size() > max_len) error("{} '{}' of {} bytes exceeds the limit of {}", role, printable(s), s.size(), max_len);
+    if (!valid_utf8(s)) error("{} '{}' is not valid UTF-8", role, printable(s));
+    if (std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
+      error("{} '{}' contains control characters", role, printable(s));
+  }
+
   GgufType read_type(const char* role) {
     uint32_t id = read<uint32_t>();
     if (!gguf_type_valid(id)) error("{}: unknown {} type id {}", what_, role, id);
@@ -423,6 +421,7 @@ class GgufParser {
       std::string key = read_string();
       what_ = fmt::format("metadata '{}'", printable(key));
       if (r_.kv_index_.count(key)) error("duplicate metadata key '{}'", printable(key));
+      check_text(key, "metadata key", kMaxKey);
       GgufType t = read_type("value");
       GgufValue v = read_value(t, 0);
       r_.kv_index_.emplace(key, r_.kv_.size());
@@ -500,6 +499,11 @@ class GgufParser {
       read_tensor_info(ti);
       r_.tensor_index_.emplace(ti.name, r_.infos_.size());
       r_.infos_.push_back(std::move(ti));
+    }
+    // After the structural checks, so a duplicate is reported as such whatever its spelling.
+    for (const auto& ti : r_.infos_) {
+      what_ = fmt::format("tensor '{}'", printable(ti.name));
+      check_text(ti.name, "tensor name", kGgmlMaxName - 1);
     }
   }
 

@@ -1,15 +1,19 @@
 // Llama models in GGUF: hyper-parameters and the SentencePiece vocabulary under the
 // metadata keys llama.cpp uses, weights under their GGUF names.
+#include <algorithm>
 #include <climits>
 #include <filesystem>
 #include <map>
 #include <set>
 
+#include "core/checked_math.h"
 #include "io/gguf.h"
 #include "io/llama_tensors.h"
 #include "io/model_io.h"
+#include "io/untrusted.h"
 #include "quantkit/error.h"
 #include "quantkit/mapped_file.h"
+#include "quantkit/packed_tensor.h"
 
 namespace quantkit {
 namespace {
@@ -57,7 +61,7 @@ class Meta {
 
   const GgufValue& get(const char* k) {
     const GgufValue* v = find(k);
-    if (!v) fail("{}: missing metadata key '{}'", r_.path(), k);
+    if (!v) fail("{}: missing metadata key '{}'", r_.path(), printable(k));
     return *v;
   }
 
@@ -67,7 +71,7 @@ class Meta {
     try {
       return f(v);
     } catch (const Error& e) {
-      fail("{}: metadata '{}': {}", r_.path(), k, e.what());
+      fail("{}: metadata '{}': {}", r_.path(), printable(k), e.what());
     }
   }
 
@@ -83,7 +87,10 @@ class Meta {
   float get_float(const char* k, std::optional<float> def = std::nullopt) {
     const GgufValue* v = def ? find(k) : &get(k);
     if (!v) return *def;
-    return float(convert(k, *v, [](const GgufValue& g) { return g.as_float(); }));
+    const double x = convert(k, *v, [](const GgufValue& g) { return g.as_float(); });
+    const std::optional<float> f = checked_float(x);
+    if (!f) fail("{}: metadata '{}' = {} is out of range for a float", r_.path(), k, x);
+    return *f;
   }
 
   bool get_bool(const char* k, bool def) {
@@ -113,7 +120,8 @@ void check_architecture(Meta& meta) {
   const std::string& arch = meta.convert(key::kArch, v, [](const GgufValue& g) -> const std::string& {
     return g.as_string();
   });
-  if (arch != "llama") fail("{}: unsupported architecture '{}' (only 'llama' is supported)", meta.path(), arch);
+  if (arch != "llama")
+    fail("{}: unsupported architecture '{}' (only 'llama' is supported)", meta.path(), printable(arch));
 }
 
 TokenType token_type_from(const Meta& meta, int64_t t, size_t i) {
@@ -147,6 +155,8 @@ std::optional<Vocab> load_vocab(Meta& meta, ModelFile& m) {
     v.scores = meta.convert(key::kScores, *s, [](const GgufValue& g) { return g.as_float_array(); });
     if (v.scores.size() != n)
       fail("{}: {} has {} entries, {} has {}", meta.path(), key::kScores, v.scores.size(), key::kTokens, n);
+    for (size_t i = 0; i < n; ++i)  // the tokenizer orders merges by score: NaN has no order
+      if (std::isnan(v.scores[i])) fail("{}: {}[{}] is NaN", meta.path(), key::kScores, i);
   } else {
     v.scores.assign(n, 0.0f);
   }
@@ -218,23 +228,63 @@ void copy_other_metadata(const Meta& meta, ModelFile& m) {
   }
 }
 
-// Turns the I8 byte arrays that hold quantkit-format tensors back into packed views.
+// Limits on the packed-tensor metadata: a spec is short printable ASCII (make_format
+// caps it at 256 bytes too) and a matrix holds at most 2^40 stored weights.
+constexpr size_t kMaxSpecBytes = 256;
+constexpr uint64_t kMaxPackedWeights = uint64_t(1) << 40;
+constexpr const char* kPackedPrefix = "quantkit.packed.";
+
+std::string packed_spec(Meta& meta, const std::string& key, const GgufValue& v) {
+  std::string spec = meta.convert(key.c_str(), v, [](const GgufValue& g) { return g.as_string(); });
+  const bool ascii = std::all_of(spec.begin(), spec.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+  if (spec.empty() || spec.size() > kMaxSpecBytes || !ascii)
+    fail("{}: metadata '{}' = '{}' is not a format spec (1 to {} printable ASCII bytes)", meta.path(), printable(key),
+         printable(spec), kMaxSpecBytes);
+  return spec;
+}
+
+// [rows, cols, stored_cols] with rows, cols >= 1, cols <= stored_cols, rows * stored_cols bounded.
+std::vector<int64_t> packed_shape(Meta& meta, const std::string& key) {
+  const GgufValue& v = meta.get(key.c_str());
+  const std::vector<int64_t> shape = meta.convert(key.c_str(), v, [](const GgufValue& g) { return g.as_int_array(); });
+  if (shape.size() != 3 || shape[0] < 1 || shape[1] < 1 || shape[2] < shape[1])
+    fail("{}: metadata '{}' must be [rows, cols, stored_cols] with 1 <= cols <= stored_cols", meta.path(), printable(key));
+  const std::optional<uint64_t> n = checked_product(std::span<const int64_t>(shape).subspan(0, 1), uint64_t(shape[2]));
+  if (!n || *n > kMaxPackedWeights)
+    fail("{}: metadata '{}': {} x {} stored weights exceed the limit of 2^40", meta.path(), printable(key), shape[0],
+         shape[2]);
+  return shape;
+}
+
+// Turns the I8 byte arrays that hold quantkit-format tensors back into packed views, each
+// checked against its format's exact storage; packed metadata must name a tensor.
 void unpack_quantkit_tensors(Meta& meta, ModelFile& m) {
+  std::set<std::string> packed_keys;
   for (TensorView& t : m.tensors) {
     const std::string fk = packed_format_key(t.name), sk = packed_shape_key(t.name);
     const GgufValue* format = meta.find(fk.c_str());
     if (!format) continue;
-    const std::vector<int64_t> shape =
-        meta.convert(sk.c_str(), meta.get(sk.c_str()), [](const GgufValue& v) { return v.as_int_array(); });
-    if (shape.size() != 3 || shape[0] < 1 || shape[1] < 1 || shape[2] < shape[1])
-      fail("{}: metadata '{}' must be [rows, cols, stored_cols]", m.path, sk);
+    packed_keys.insert(fk), packed_keys.insert(sk);
+    const std::vector<int64_t> shape = packed_shape(meta, sk);
     if (t.type != DType::I8 || t.shape.size() != 1)
-      fail("{}: tensor '{}' holds quantkit-format bits but is not a 1-D i8 array", m.path, t.name);
+      fail("{}: tensor '{}' holds quantkit-format bits but is not a 1-D i8 array", m.path, printable(t.name));
     t.type = DType::QK;
-    t.format = meta.convert(fk.c_str(), *format, [](const GgufValue& v) { return v.as_string(); });
+    t.format = packed_spec(meta, fk, *format);
     t.shape = {shape[0], shape[1]};
     t.stored_cols = shape[2];
+    uint64_t need = 0;
+    try {
+      need = packed_tensor_bytes(t);
+    } catch (const Error& e) {
+      fail("{}: {}", m.path, e.what());
+    }
+    if (t.nbytes != need)
+      fail("{}: tensor '{}' ({}) holds {} bytes, the format needs exactly {}", m.path, printable(t.name), t.format,
+           t.nbytes, need);
   }
+  for (const auto& kv : meta.reader().metadata())
+    if (kv.key.starts_with(kPackedPrefix) && !packed_keys.count(kv.key))
+      fail("{}: metadata '{}' describes no packed tensor of the file", m.path, printable(kv.key));
 }
 
 // ---- saving ---------------------------------------------------------------------------

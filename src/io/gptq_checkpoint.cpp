@@ -332,8 +332,10 @@ TensorView gptq_packed_view(const std::string& file, const std::string& name, co
   const int64_t per = codes_per_word(b);
   const uint32_t* qweight = reinterpret_cast<const uint32_t*>(int32_data(file, mod.hf, *mod.qweight, 2));
   const uint32_t* qzeros = reinterpret_cast<const uint32_t*>(int32_data(file, mod.hf, *mod.qzeros, 2));
-  const int64_t cols = mod.qweight->shape[0] * per, rows = mod.qweight->shape[1];
-  if (cols < 1 || rows < 1 || rows % per != 0)
+  // Both dims >= 1 bound each by the tensor's bytes, so the product below cannot overflow.
+  const int64_t words = mod.qweight->shape[0], rows = mod.qweight->shape[1];
+  const int64_t cols = words >= 1 && rows >= 1 ? words * per : 0;
+  if (cols < 1 || rows % per != 0)
     fail("{}: GPTQ module '{}': qweight shape {} does not hold {}-bit codes of a matrix with out_features a multiple of {}",
          file, mod.hf, shape_str(mod.qweight->shape), b, per);
   const int64_t group = s.group_size > 0 ? s.group_size : cols, ng = (cols + group - 1) / group;

@@ -14,7 +14,9 @@
 #include "io/hf_model.h"
 #include "io/llama_tensors.h"
 #include "io/model_io.h"
+#include "core/checked_math.h"
 #include "io/safetensors.h"
+#include "io/untrusted.h"
 #include "quantkit/error.h"
 #include "quantkit/fp16.h"
 #include "quantkit/mapped_file.h"
@@ -79,20 +81,6 @@ std::optional<std::string> map_name(const std::string& name, bool to_gguf) {
 
 // ---- JSON files ----
 
-json read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open: {}", path, std::strerror(errno));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::exception& e) {
-    std::string msg = e.what();
-    std::replace(msg.begin(), msg.end(), '\n', ' ');
-    fail("{}: not valid JSON: {}", path, msg);
-  }
-}
-
 void write_json_file(const std::string& path, const nlohmann::ordered_json& j) {
   std::string text;
   try {
@@ -135,7 +123,9 @@ class JsonFields {
     const json* v = def ? find(key) : &require(key);
     if (!v) return *def;
     if (!v->is_number()) fail("{}: \"{}\" must be a number, not {}", file_, key, v->type_name());
-    return float(v->get<double>());
+    const std::optional<float> f = checked_float(v->get<double>());
+    if (!f) fail("{}: \"{}\" = {} is out of range for a float", file_, key, v->dump());
+    return *f;
   }
   bool get_bool(const char* key, std::optional<bool> def = std::nullopt) const {
     const json* v = def ? find(key) : &require(key);
@@ -168,7 +158,7 @@ class JsonFields {
 // such a model while ignoring them would silently compute something else.
 void reject_unsupported(const JsonFields& c, const LlamaConfig& cfg) {
   std::string type = c.get_string("model_type", "llama");
-  if (type != "llama") fail("{}: model_type \"{}\" is not supported (only \"llama\")", c.file(), type);
+  if (type != "llama") fail("{}: model_type \"{}\" is not supported (only \"llama\")", c.file(), printable(type));
   if (c.find("rope_scaling")) fail("{}: \"rope_scaling\" is not supported", c.file());
   if (c.get_string("hidden_act", "silu") != "silu") fail("{}: \"hidden_act\" must be \"silu\"", c.file());
   if (c.get_bool("attention_bias", false)) fail("{}: \"attention_bias\": true is not supported", c.file());
@@ -201,7 +191,7 @@ std::optional<GptqScheme> parse_quantization(const JsonFields& c) {
   if (!q) return std::nullopt;
   const JsonFields f(c.file() + " (quantization_config)", *q);
   const std::string method = f.get_string("quant_method");
-  if (method != "gptq") fail("{}: quant_method \"{}\" is not supported (only \"gptq\")", f.file(), method);
+  if (method != "gptq") fail("{}: quant_method \"{}\" is not supported (only \"gptq\")", f.file(), printable(method));
   GptqScheme s;
   s.bits = f.get_int("bits");
   if (s.bits != 4 && s.bits != 8) fail("{}: GPTQ bits {} is not supported (4 or 8)", f.file(), s.bits);
@@ -210,7 +200,7 @@ std::optional<GptqScheme> parse_quantization(const JsonFields& c) {
   s.sym = f.get_bool("sym", true);
   const std::string layout = f.get_string("checkpoint_format", "gptq");
   if (layout != "gptq" && layout != "gptq_v2")
-    fail("{}: checkpoint_format \"{}\" is not supported (\"gptq\" or \"gptq_v2\")", f.file(), layout);
+    fail("{}: checkpoint_format \"{}\" is not supported (\"gptq\" or \"gptq_v2\")", f.file(), printable(layout));
   s.zeros_minus_one = layout == "gptq";
   return s;
 }
@@ -283,12 +273,13 @@ Vocab parse_vocab(const JsonFields& f) {
   const json& types = f.get_array("types", n);
   for (size_t i = 0; i < n; ++i) {
     if (!tokens[i].is_string()) fail("{}: tokens[{}] is not a string", f.file(), i);
-    if (!scores[i].is_number()) fail("{}: scores[{}] is not a number", f.file(), i);
+    const std::optional<float> score = scores[i].is_number() ? checked_float(scores[i].get<double>()) : std::nullopt;
+    if (!score || std::isnan(*score)) fail("{}: scores[{}] is not a number in float range", f.file(), i);
     if (!types[i].is_number_integer() || types[i].get<int64_t>() < int64_t(TokenType::Normal) ||
         types[i].get<int64_t>() > int64_t(TokenType::Byte))
       fail("{}: types[{}] is not a token type (1..6)", f.file(), i);
     v.tokens.push_back(tokens[i].get<std::string>());
-    v.scores.push_back(scores[i].get<float>());
+    v.scores.push_back(*score);
     v.types.push_back(TokenType(types[i].get<int32_t>()));
     v.max_token_length = std::max(v.max_token_length, int(v.tokens.back().size()));
   }
@@ -411,7 +402,7 @@ ModelFile load_safetensors_model(const std::string& path) {
   ModelFile m;
   m.path = path;
   m.container = "safetensors";
-  const json config = read_json_file(files.config);
+  const json config = read_json_file(files.config, "config");
   const JsonFields cfg(files.config, config);
   m.config = parse_config(cfg);
   if (cfg.find("torch_dtype")) m.metadata["hf.torch_dtype"] = cfg.get_string("torch_dtype");
@@ -423,6 +414,7 @@ ModelFile load_safetensors_model(const std::string& path) {
   for (const auto& [k, v] : set.metadata) m.metadata["safetensors." + k] = v;
   std::map<std::string, const TensorView*> by_name;
   for (const TensorView& t : set.tensors) by_name[t.name] = &t;
+  std::map<std::string, std::string> source_of;  // canonical name -> the file's name for it
   for (const TensorView& t : set.tensors) {
     // A GPTQ module "<module>.qweight" (+ qzeros, scales, g_idx) stands for "<module>.weight".
     const bool packed = t.name.ends_with(kQweight);
@@ -431,6 +423,8 @@ ModelFile load_safetensors_model(const std::string& path) {
     if (!name) continue;  // rotary_emb.inv_freq and the like: derived, not needed
     // With tie_word_embeddings transformers ignores a stored lm_head; so do we.
     if (*name == "output.weight" && m.config.tied_embeddings) continue;
+    if (auto [it, fresh] = source_of.emplace(*name, t.name); !fresh)
+      fail("{}: tensors '{}' and '{}' both hold '{}'", files.weights, printable(it->second), printable(t.name), *name);
     if (packed) {
       if (!gptq) fail("{}: tensor '{}' is GPTQ-packed but {} has no quantization_config", files.weights, t.name, files.config);
       auto find = [&](const char* suffix) {
@@ -448,7 +442,7 @@ ModelFile load_safetensors_model(const std::string& path) {
   m.config.tied_embeddings = m.config.tied_embeddings || !m.find("output.weight");
 
   if (path_exists(files.vocab)) {
-    const json vocab = read_json_file(files.vocab);
+    const json vocab = read_json_file(files.vocab, "vocabulary");
     m.vocab = parse_vocab(JsonFields(files.vocab, vocab));
   }
   m.config.validate(files.config);

@@ -1,6 +1,7 @@
 // llama2.c checkpoints ("version 0": 7 int32 header, float32 tensors stacked per kind)
 // and llama2.c tokenizer files (max_token_length, then per token score/len/bytes).
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -142,6 +143,7 @@ Vocab load_llama2c_vocab(const std::string& path) {
     int32_t score_bits = read_i32("score");
     float score;
     std::memcpy(&score, &score_bits, 4);
+    if (std::isnan(score)) fail("{}: score of token {} is NaN", path, id);  // merges are ordered by score
     int32_t len = read_i32("length");
     if (len < 0 || len > v.max_token_length)
       fail("{}: token {} has length {} outside [0, max_token_length={}]", path, id, len, v.max_token_length);

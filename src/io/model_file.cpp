@@ -48,11 +48,13 @@ ModelFile load_model(const std::string& path, const std::string& tokenizer_path)
     if (!f) fail("{}: cannot open", path);
     f.read(magic, 8);
   }
-  if (std::memcmp(magic, "GGUF", 4) == 0) return load_gguf_model(path);
   auto ends_with = [&](const char* s) {
     size_t n = std::strlen(s);
     return path.size() >= n && path.compare(path.size() - n, n, s) == 0;
   };
+  // A .gguf / .qk name without the magic gets the GGUF reader's "bad magic" message, not a
+  // llama2.c header complaint.
+  if (std::memcmp(magic, "GGUF", 4) == 0 || ends_with(".gguf") || ends_with(".qk")) return load_gguf_model(path);
   if (ends_with(".safetensors") || ends_with(".json")) return load_safetensors_model(path);
   return load_llama2c_model(path, tokenizer_path);
 }

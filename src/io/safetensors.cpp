@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "io/untrusted.h"
 #include "quantkit/error.h"
 
 namespace quantkit {
@@ -33,50 +34,10 @@ std::string supported_dtypes() {
   return s;
 }
 
-// Names come from the file: escape control characters so an error stays on one line,
-// and cut absurdly long names.
-std::string printable(std::string_view s) {
-  std::string out;
-  for (char c : s.substr(0, 200)) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
-      out += fmt::format("\\x{:02x}", static_cast<unsigned char>(c));
-    else
-      out += c;
-  }
-  if (s.size() > 200) out += "...";
-  return out;
-}
-
 std::string one_line(std::string s) {
   std::replace_if(
       s.begin(), s.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
   return s;
-}
-
-// Parses JSON text, rejecting duplicate object keys: nlohmann silently keeps the last
-// one, which would hide a duplicated tensor name.
-json parse_json_strict(const std::string& file, const char* begin, const char* end, const char* what) {
-  std::vector<std::set<std::string>> open_objects;
-  std::string duplicate;
-  auto on_event = [&](int /*depth*/, json::parse_event_t ev, json& parsed) {
-    if (ev == json::parse_event_t::object_start) {
-      open_objects.emplace_back();
-    } else if (ev == json::parse_event_t::object_end) {
-      open_objects.pop_back();
-    } else if (ev == json::parse_event_t::key && !open_objects.empty()) {
-      const auto& k = parsed.get_ref<const std::string&>();
-      if (!open_objects.back().insert(k).second && duplicate.empty()) duplicate = k;
-    }
-    return true;
-  };
-  json j;
-  try {
-    j = json::parse(begin, end, on_event);
-  } catch (const json::exception& e) {
-    fail("{}: {} is not valid JSON: {}", file, what, one_line(e.what()));
-  }
-  if (!duplicate.empty()) fail("{}: {} has the key '{}' twice", file, what, printable(duplicate));
-  return j;
 }
 
 uint64_t read_u64_le(const uint8_t* p) {
@@ -106,7 +67,7 @@ std::vector<int64_t> parse_shape(const std::string& file, const std::string& nam
     } else if (d.is_number_integer()) {
       fail("{}: tensor '{}': negative dimension {}", file, printable(name), d.get<int64_t>());
     } else {
-      fail("{}: tensor '{}': shape {} holds a non-integer", file, printable(name), one_line(j.dump()));
+      fail("{}: tensor '{}': shape {} holds a non-integer", file, printable(name), printable(j.dump()));
     }
   }
   return shape;
@@ -213,7 +174,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : map_(std::make_share
   if (header_len > kMaxHeaderBytes)
     fail("{}: header length {} exceeds the {} MB limit", path, header_len, kMaxHeaderBytes >> 20);
   const char* header = reinterpret_cast<const char*>(base + 8);
-  json j = parse_json_strict(path, header, header + header_len, "header");
+  json j = parse_json_strict(path, std::string_view(header, header_len), "header");
   if (!j.is_object()) fail("{}: header is not a JSON object", path);
 
   const uint64_t data_size = size - 8 - header_len;
@@ -396,9 +357,7 @@ namespace {
 
 // weight_map as shard file -> tensor names, shards sorted by file name.
 std::map<std::string, std::set<std::string>> read_weight_map(const std::string& index_path) {
-  MappedFile mf(index_path);
-  const char* text = reinterpret_cast<const char*>(mf.data());
-  json j = parse_json_strict(index_path, text, text + mf.size(), "index");
+  json j = read_json_file(index_path, "index");
   if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
     fail("{}: index has no \"weight_map\" object", index_path);
   std::map<std::string, std::set<std::string>> by_shard;
@@ -436,7 +395,7 @@ SafetensorsSet open_safetensors(const std::string& path) {
     auto shard = std::make_shared<const SafetensorsFile>(shard_path);
     for (const auto& name : names)
       if (!shard->find(name))
-        fail("{}: tensor '{}' is mapped to '{}', which does not hold it", path, printable(name), file);
+        fail("{}: tensor '{}' is mapped to '{}', which does not hold it", path, printable(name), printable(file));
     // Tensors a shard holds but the index does not map are ignored, as transformers does.
     for (const auto& t : shard->tensors())
       if (names.count(t.name)) set.tensors.push_back(t);

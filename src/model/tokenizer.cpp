@@ -17,10 +17,18 @@ size_t utf8_len(unsigned char c) {
   return 1;  // invalid lead byte: its own symbol, encoded by byte fallback
 }
 
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// "<0xNN>" -> NN, else -1 (vocabularies come from files: any text may carry the Byte type).
 int hex_byte(const std::string& t) {
-  // "<0xNN>" -> NN, else -1
   if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return -1;
-  return int(std::stoul(t.substr(3, 2), nullptr, 16));
+  const int hi = hex_digit(t[3]), lo = hex_digit(t[4]);
+  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
 }
 
 }  // namespace
