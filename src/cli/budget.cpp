@@ -1,4 +1,5 @@
 #include "cli/budget.h"
+#include "quantkit/html_report.h"
 
 #include <cstdio>
 #include <sstream>
@@ -69,23 +70,7 @@ BudgetPlan plan_budget(const ModelFile& in, const QuantizeOptions& opt, const Bu
 }
 
 nlohmann::json budget_json(const BudgetPlan& p) {
-  nlohmann::json t = nlohmann::json::array();
-  for (size_t i = 0; i < p.sensitivity.tensors.size(); ++i) {
-    const auto& tc = p.sensitivity.tensors[i];
-    nlohmann::json opts = nlohmann::json::array();
-    for (const auto& o : tc.options)
-      opts.push_back({{"spec", o.spec}, {"stored", o.stored}, {"bytes", o.bytes}, {"damage", o.damage}});
-    t.push_back({{"name", tc.name}, {"chosen", p.allocation.specs[i]}, {"options", opts}});
-  }
-  return {{"damage_estimate", damage_name(p.damage)},
-          {"approximate", p.damage == DamageEstimate::DataFree},
-          {"budget_bytes", p.budget_bytes},
-          {"budget_bits_per_weight", 8.0 * double(p.budget_bytes) / double(p.sensitivity.params)},
-          {"achieved_bytes", p.allocation.bytes},
-          {"achieved_bits_per_weight", p.allocation.bits_per_weight(p.sensitivity)},
-          {"predicted_damage", p.allocation.damage},
-          {"candidates", p.candidates},
-          {"tensors", t}};
+  return report::mixed_precision_json(p.sensitivity, p.allocation, p.budget_bytes, p.damage, p.candidates);
 }
 
 void print_budget(const BudgetPlan& p) {

@@ -6,6 +6,7 @@
 
 #include "cli/command.h"
 #include "cli/common.h"
+#include "quantkit/html_report.h"
 #include "quantkit/error.h"
 #include "quantkit/rd.h"
 #include "quantkit/svg_plot.h"
@@ -22,27 +23,8 @@ struct RdArgs {
   bool json = false;
 };
 
-nlohmann::json number(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
-nlohmann::json result_json(const rd::Result& r) {
-  nlohmann::json j = {{"spec", r.spec}, {"skipped", r.skipped}};
-  if (!r.note.empty()) j["note"] = r.note;
-  if (r.skipped) return j;
-  nlohmann::json streams = nlohmann::json::array();
-  for (const auto& s : r.streams)
-    streams.push_back({{"name", s.name}, {"alphabet", s.alphabet}, {"symbols", s.n_symbols},
-                       {"fixed_bits", s.fixed_bits}, {"coded_bits", s.coded_bits},
-                       {"shannon_bits", s.shannon_bits}, {"coding", std::string(1, s.coded_mode)}});
-  j.update({{"packed_bits", r.packed_bits}, {"side_bits", r.side_bits}, {"streams_separable", r.streams_separable}, {"bits_per_weight", r.fixed_bpw},
-            {"entropy_coded_bits_per_weight", r.entropy_bpw}, {"shannon_bits_per_weight", r.shannon_bpw},
-            {"streams", streams}, {"mse", r.mse}, {"weighted_mse", r.weighted_mse}, {"sqnr_db", number(r.sqnr_db)},
-            {"encode_mb_per_s", number(r.encode_mbps)}, {"decode_mb_per_s", number(r.decode_mbps)},
-            {"encode_seconds", r.encode_seconds}, {"decode_seconds", r.decode_seconds}});
-  if (r.has_bound)
-    j.update({{"shannon_bound_db", r.bound_fixed_db}, {"shannon_bound_entropy_coded_db", r.bound_entropy_db},
-              {"gap_db", number(r.gap_fixed_db)}, {"gap_entropy_coded_db", number(r.gap_entropy_db)}});
-  return j;
-}
+nlohmann::json result_json(const rd::Result& r) { return report::rd_json(r); }
 
 std::string cell(double v, const char* f) { return std::isfinite(v) ? fmt::format(fmt::runtime(f), v) : "inf"; }
 
