@@ -1,14 +1,15 @@
 // Wall time of `quantkit quantize` alone and as N MPI ranks (mpirun -np N) on a synthetic
 // Llama with realistic widths (default 8 layers of dim 1024 / hidden 2816, 4 KV heads), for
 // rtn and gptq, with the per-rank peak RSS the job reports and a check that every run wrote
-// the single-process bytes. docs/distributed.md explains the numbers.
+// the single-process bytes, and each rank's CPU time (the work it did, whatever else shares the
+// machine). docs/distributed.md explains the numbers.
 //
 //   bench_distributed [--layers N] [--dim D] [--hidden H] [--ranks 1,2] [--methods rtn,gptq]
-//                     [--calib-tokens N] [--format SPEC]
+//                     [--calib-tokens N] [--format SPEC] [--threads PER_RANK]
 //
 // The model and a calibration text (random lowercase words, which the synthetic vocabulary
-// splits into pieces) are cached in <build>/bench-data/. Threads per rank: cores / ranks, so
-// every run uses the whole machine.
+// splits into pieces) are cached in <build>/bench-data/. Threads per rank: cores / ranks (every
+// run uses the whole machine), or --threads (e.g. 1: N ranks use N times the cores of 1 rank).
 #include <sys/wait.h>
 
 #include <chrono>
@@ -33,7 +34,8 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Args {
-  int layers = 8, dim = 1024, hidden = 2816, calib_tokens = 4096;
+  int layers = 8, dim = 1024, hidden = 2816, calib_tokens = 2048;
+  int threads = 0;  // per rank; 0: cores / ranks
   std::vector<int> ranks = {1, 2};
   std::vector<std::string> methods = {"rtn", "gptq"};
   std::string format = "q4_0";
@@ -59,13 +61,14 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--hidden") a.hidden = std::stoi(value());
     else if (k == "--calib-tokens") a.calib_tokens = std::stoi(value());
     else if (k == "--format") a.format = value();
+    else if (k == "--threads") a.threads = std::stoi(value());
     else if (k == "--methods") a.methods = split(value());
     else if (k == "--ranks") {
       a.ranks.clear();
       for (const auto& r : split(value())) a.ranks.push_back(std::stoi(r));
     } else
       fail("usage: bench_distributed [--layers N] [--dim D] [--hidden H] [--ranks 1,2] [--methods rtn,gptq] "
-           "[--calib-tokens N] [--format SPEC]");
+           "[--calib-tokens N] [--format SPEC] [--threads PER_RANK]");
   }
   return a;
 }
@@ -98,6 +101,7 @@ std::string cached_text(const std::string& dir) {
 struct Run {
   double wall = 0, quantize = 0;
   std::vector<uint64_t> rss;
+  std::vector<double> cpu;  // per rank, user + system
 };
 
 Run run(const std::string& cmd, const std::string& json_file) {
@@ -109,7 +113,7 @@ Run run(const std::string& cmd, const std::string& json_file) {
   std::ifstream in(json_file);
   const nlohmann::json j = nlohmann::json::parse(in);
   r.quantize = j.at("seconds");
-  for (const auto& k : j.at("ranks")) r.rss.push_back(k.at("peak_rss_bytes"));
+  for (const auto& k : j.at("ranks")) r.rss.push_back(k.at("peak_rss_bytes")), r.cpu.push_back(k.at("cpu_seconds"));
   return r;
 }
 
@@ -130,7 +134,8 @@ int main(int argc, char** argv) try {
   const bool mpi = mpi_built() && std::system("mpirun --version >/dev/null 2>&1") == 0;
   std::printf("synthetic Llama %d layers, dim %d, hidden %d (%.1f MB F16); %d cores; format %s; %d calibration tokens\n",
               a.layers, a.dim, a.hidden, double(fs::file_size(model)) / 1e6, cores, a.format.c_str(), a.calib_tokens);
-  std::printf("%-8s %5s %8s %10s %8s  %s\n", "method", "ranks", "wall s", "quantize s", "speedup", "peak RSS per rank");
+  std::printf("%-8s %5s %8s %10s %8s %14s  %s\n", "method", "ranks", "wall s", "quantize s", "speedup",
+              "cpu s per rank", "peak RSS per rank");
   for (const std::string& method : a.methods) {
     double base = 0;
     std::string reference;
@@ -141,17 +146,18 @@ int main(int argc, char** argv) try {
       }
       const std::string out = fmt::format("{}/dist-out-{}.gguf", dir, np);
       std::string cmd = fmt::format("{} quantize -m {} -f {} --method {} -t {} -o {}", cli, model, a.format, method,
-                                    std::max(1, cores / np), out);
+                                    a.threads ? a.threads : std::max(1, cores / np), out);
       if (method != "rtn") cmd += fmt::format(" --calib {} --calib-tokens {} --ctx 256", text, a.calib_tokens);
       if (np > 1) cmd = fmt::format("mpirun -np {} --oversubscribe --allow-run-as-root --bind-to none {}", np, cmd);
       const Run r = run(cmd, dir + "/dist-out.json");
       if (base == 0) base = r.wall;
       const std::string bytes = read_all(out);
       if (reference.empty()) reference = bytes;
-      std::string rss;
+      std::string rss, cpu;
       for (uint64_t b : r.rss) rss += (rss.empty() ? "" : ", ") + format_bytes(b);
-      std::printf("%-8s %5d %8.2f %10.2f %7.2fx  %s%s\n", method.c_str(), np, r.wall, r.quantize, base / r.wall,
-                  rss.c_str(), bytes == reference ? "" : "  OUTPUT DIFFERS FROM 1 RANK");
+      for (double c : r.cpu) cpu += fmt::format("{}{:.1f}", cpu.empty() ? "" : ", ", c);
+      std::printf("%-8s %5d %8.2f %10.2f %7.2fx %14s  %s%s\n", method.c_str(), np, r.wall, r.quantize, base / r.wall,
+                  cpu.c_str(), rss.c_str(), bytes == reference ? "" : "  output differs from 1 rank (other thread count)");
       fs::remove(out);
     }
   }

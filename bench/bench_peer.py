@@ -9,10 +9,12 @@ Run by `make bench-peer` (scripts/bench-peer.sh builds llama-bench first). For e
   quantkit bench --model F --threads T --prompt P --gen G --reps R --json
 
 and prints one table: format, GB of weights read per token, pp and tg tokens/s of both with
-the quantkit / llama.cpp ratio, and the % of the machine's memory bandwidth (measured by
-quantkit bench in the same run) each reaches in generation. Both sides report the median of
-their repetitions. Generation is measured after the prompt on both sides (quantkit bench's
-convention; llama-bench's default tg starts from an empty cache, hence -d P).
+the quantkit / llama.cpp ratio, and the % of the machine's read bandwidth (measured by
+quantkit bench in the same run) each reaches in generation. --rounds N repeats all runs N
+times, interleaved, so both tools see a shared machine's changing load alike; each figure is
+the best (default: the least disturbed) or the median of all repetitions of its tool.
+Generation is measured after the prompt on both sides (quantkit bench's convention;
+llama-bench's default tg starts from an empty cache, hence -d P).
 Differences that remain: llama.cpp's KV cache is F16 (quantkit's F32 unless --kv), and
 llama.cpp may run flash attention (its default, auto).
 
@@ -53,45 +55,63 @@ def synth_model(args, fmt):
     return path
 
 
-def llama_bench_tps(args, model, prompt, gen, depth):
-    """Median tokens/s of llama-bench's one test (prompt-only or generation-only)."""
+def llama_bench_samples(args, model, prompt, gen, depth):
+    """tokens/s of each repetition of llama-bench's one test (prompt-only or generation-only)."""
     cmd = [args.llama_bench, "-m", model, "-p", str(prompt), "-n", str(gen), "-d", str(depth),
            "-t", str(args.threads), "-r", str(args.reps), "-o", "json"]
     tests = run_json(cmd)
     if len(tests) != 1:
         sys.exit("bench_peer: llama-bench returned %d tests, expected 1" % len(tests))
-    return statistics.median(tests[0]["samples_ts"]), tests[0]
+    return tests[0]["samples_ts"]
 
 
-def measure(args, fmt):
-    model = synth_model(args, fmt)
+def run_round(args, fmt, model, samples):
+    """One round of the three runs on one model; appends their samples."""
     log("bench_peer: %s: llama-bench pp%d ..." % (fmt, args.prompt))
-    pp_l, info = llama_bench_tps(args, model, args.prompt, 0, 0)
+    samples["pp"]["llama_cpp"] += llama_bench_samples(args, model, args.prompt, 0, 0)
     log("bench_peer: %s: llama-bench tg%d @ %d ..." % (fmt, args.gen, args.prompt))
-    tg_l, _ = llama_bench_tps(args, model, 0, args.gen, args.prompt)
+    samples["tg"]["llama_cpp"] += llama_bench_samples(args, model, 0, args.gen, args.prompt)
     log("bench_peer: %s: quantkit bench ..." % fmt)
     qk = run_json([args.quantkit, "bench", "--model", model, "--threads", str(args.threads),
                    "--prompt", str(args.prompt), "--gen", str(args.gen), "--reps", str(args.reps), "--json"])
-    best = qk["machine_bandwidth"]["best_gbs"]
-    # The same bytes per token for both: every weight matrix once (llama.cpp's F16 KV cache
-    # is smaller than quantkit's F32 one, so this slightly favours neither).
-    weights = qk["weight_bytes"]
-    row = {
-        "format": fmt, "model": model, "weight_gb": weights / 1e9, "llama_cpp_model_bytes": info.get("model_size"),
-        "pp": {"quantkit": qk["pp"]["tokens_per_second"], "llama_cpp": pp_l},
-        "tg": {"quantkit": qk["tg"]["tokens_per_second"], "llama_cpp": tg_l},
-        "bandwidth_gbs": best, "bandwidth_kernel": qk["machine_bandwidth"]["best_kernel"],
-        "bandwidth_pct": {"quantkit": 100 * weights * qk["tg"]["tokens_per_second"] / 1e9 / best,
-                          "llama_cpp": 100 * weights * tg_l / 1e9 / best},
-    }
+    samples["pp"]["quantkit"] += qk["pp"]["samples"]
+    samples["tg"]["quantkit"] += qk["tg"]["samples"]
+    samples["machine"].append(qk["machine_bandwidth"])
+    samples["weight_bytes"] = qk["weight_bytes"]
+
+
+def summarize(args, fmt, model, samples, machine_gbs):
+    stat = max if args.stat == "best" else statistics.median
+    # The same bytes per generated token for both: every weight matrix once.
+    weights = samples["weight_bytes"]
+    row = {"format": fmt, "model": model, "weight_gb": weights / 1e9, "samples": samples}
     for k in ("pp", "tg"):
+        row[k] = {tool: stat(samples[k][tool]) for tool in ("quantkit", "llama_cpp")}
         row[k]["ratio"] = row[k]["quantkit"] / row[k]["llama_cpp"] if row[k]["llama_cpp"] else 0.0
+    row["bandwidth_pct"] = {tool: 100 * weights * row["tg"][tool] / 1e9 / machine_gbs for tool in ("quantkit", "llama_cpp")}
     return row
 
 
-def print_table(args, rows):
-    print("synthetic Llama ~1B (random weights: speed only), %d threads, pp%d, tg%d after the prompt, "
-          "median of %d" % (args.threads, args.prompt, args.gen, args.reps))
+def measure(args, formats):
+    """Rounds over all formats, so that both tools see the machine's changing load alike."""
+    models = {f: synth_model(args, f) for f in formats}
+    samples = {f: {"pp": {"quantkit": [], "llama_cpp": []}, "tg": {"quantkit": [], "llama_cpp": []}, "machine": []}
+               for f in formats}
+    for r in range(args.rounds):
+        for f in formats:
+            if args.rounds > 1:
+                log("bench_peer: round %d/%d" % (r + 1, args.rounds))
+            run_round(args, f, models[f], samples[f])
+    # The machine's read bandwidth: its best showing over every quantkit bench run (the least
+    # disturbed).
+    machine = max((m for f in formats for m in samples[f]["machine"]), key=lambda m: m["reference_gbs"])
+    return [summarize(args, f, models[f], samples[f], machine["reference_gbs"]) for f in formats], machine
+
+
+def print_table(args, rows, machine):
+    print("synthetic Llama ~1B (random weights: speed only), %d threads, pp%d, tg%d after the prompt; "
+          "%s of %d repetitions per tool" % (args.threads, args.prompt, args.gen,
+                                              "best" if args.stat == "best" else "median", args.reps * args.rounds))
     head = ("format", "GB w", "pp qk", "pp llama", "ratio", "tg qk", "tg llama", "ratio", "%bw qk", "%bw llama")
     print("%-10s %6s %9s %9s %6s %8s %8s %6s %7s %9s" % head)
     for r in rows:
@@ -99,9 +119,10 @@ def print_table(args, rows):
             r["format"], r["weight_gb"], r["pp"]["quantkit"], r["pp"]["llama_cpp"], r["pp"]["ratio"],
             r["tg"]["quantkit"], r["tg"]["llama_cpp"], r["tg"]["ratio"],
             r["bandwidth_pct"]["quantkit"], r["bandwidth_pct"]["llama_cpp"]))
-    bw = ", ".join("%.1f GB/s (%s)" % (r["bandwidth_gbs"], r["bandwidth_kernel"]) for r in rows)
-    print("machine bandwidth (STREAM-like, measured by each quantkit bench run): %s" % bw)
-    print("GB w = weights read per generated token; ratio = quantkit / llama.cpp tokens/s")
+    print("machine: read %.1f GB/s (STREAM copy %.1f, triad %.1f; %d threads, best over the quantkit bench runs)"
+          % (machine["read_gbs"], machine["copy_gbs"], machine["triad_gbs"], machine["threads"]))
+    print("GB w = weights read per generated token; ratio = quantkit / llama.cpp tokens/s; "
+          "%bw = GB w x tg tokens/s / read bandwidth")
 
 
 def main():
@@ -113,14 +134,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--gen", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per run (llama-bench -r, quantkit bench --reps)")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of every tool and format, interleaved")
+    ap.add_argument("--stat", choices=("best", "median"), default="best",
+                    help="per tool and test, over all repetitions: best (the least disturbed on a shared machine) "
+                         "or median")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
-    rows = [measure(args, f) for f in args.formats.split(",") if f]
+    rows, machine = measure(args, [f for f in args.formats.split(",") if f])
     load_after = os.getloadavg()[0]
-    print_table(args, rows)
+    print_table(args, rows, machine)
     # Other processes on the cores distort both tools (llama.cpp's spinning threads most); the
     # load after includes the benchmarks' own threads.
     busy = load_before > os.cpu_count() - args.threads + 0.5
@@ -129,7 +154,8 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "prompt": args.prompt, "gen": args.gen, "reps": args.reps,
-                       "load_average": [load_before, load_after], "rows": rows}, f, indent=2)
+                       "rounds": args.rounds, "stat": args.stat, "load_average": [load_before, load_after],
+                       "machine_bandwidth": machine, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

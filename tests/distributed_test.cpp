@@ -9,7 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +22,7 @@
 #include "quantkit/calibration.h"
 #include "quantkit/error.h"
 #include "quantkit/eval.h"
+#include "quantkit/quantize.h"
 #include "quantkit/synthetic_model.h"
 #include "quantkit/tokenizer.h"
 #include "test_util.h"
@@ -183,7 +186,82 @@ TEST(Distributed, CalibratorSharesAddUpToTheWholeBitForBit) {
   EXPECT_EQ(head.finish(tokens).xtx, whole.capture_head().xtx);
 }
 
+// A checkpoint folder: a finished job rerun resumes every stage and gives the same tensors;
+// another job (other options) is refused with both descriptions.
+TEST(Distributed, ResumeFolderBelongsToOneJob) {
+  const ModelFile in = load_model(qk_test::model_path(), qk_test::tokenizer_path());
+  const std::string dir = qk_test::temp_dir("dist_resume_lib") + "/ckpt";
+  QuantizeOptions o;
+  o.format = "q4_0";
+  const QuantizeResult plain = quantize_model(in, o, nullptr, 1);
+  o.resume_dir = dir;
+  const QuantizeResult first = quantize_model(in, o, nullptr, 1), again = quantize_model(in, o, nullptr, 1);
+  EXPECT_EQ(first.resumed_stages, 0);
+  EXPECT_EQ(again.resumed_stages, again.stages);
+  ASSERT_EQ(again.model.tensors.size(), plain.model.tensors.size());
+  for (size_t i = 0; i < plain.model.tensors.size(); ++i) {
+    const TensorView &a = plain.model.tensors[i], &b = again.model.tensors[i];
+    ASSERT_EQ(a.name, b.name);
+    EXPECT_EQ(a.type, b.type) << a.name;
+    EXPECT_EQ(a.format, b.format) << a.name;
+    ASSERT_EQ(a.nbytes, b.nbytes) << a.name;
+    EXPECT_EQ(std::memcmp(a.data, b.data, a.nbytes), 0) << a.name;
+  }
+  o.format = "q8_0";
+  try {
+    quantize_model(in, o, nullptr, 1);
+    ADD_FAILURE() << "a checkpoint of another job was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("checkpoint of another job"), std::string::npos) << e.what();
+  }
+}
+
 // ---- mpirun -np 2 -------------------------------------------------------------------------
+
+// The MPI communicator's collectives, run by Distributed.MpiCollectives as
+// `mpirun -np 2 quantkit_tests --gtest_filter=DistributedWorld.*` (skipped otherwise).
+TEST(DistributedWorld, Collectives) {
+  if (!std::getenv("QK_DIST_WORLD")) GTEST_SKIP() << "runs under mpirun from Distributed.MpiCollectives";
+  const std::unique_ptr<Communicator> comm = world_communicator();
+  ASSERT_EQ(comm->size(), 2);
+  const int r = comm->rank();
+  EXPECT_EQ(comm->local_size(), 2);
+  double d[3] = {r ? -1e16 : 0.1, r ? 0.0 : 1e16, double(r + 1)};
+  comm->allreduce_sum(d, 3);
+  EXPECT_EQ(d[0], 0.1 + -1e16);
+  EXPECT_EQ(d[1], 1e16);
+  EXPECT_EQ(d[2], 3.0);
+  std::vector<ExactSum> e = {ExactSum(r + 1) << 100, ExactSum(0) - ExactSum(r + 5)};
+  comm->reduce_sum(e.data(), e.size(), 1);
+  if (r == 1) {
+    EXPECT_TRUE(e[0] == ExactSum(3) << 100);
+    EXPECT_TRUE(e[1] == ExactSum(0) - ExactSum(11));
+  }
+  std::vector<uint8_t> b = r == 1 ? std::vector<uint8_t>{9, 8, 7} : std::vector<uint8_t>{};
+  comm->broadcast(b, 1);
+  EXPECT_EQ(b, (std::vector<uint8_t>{9, 8, 7}));
+  const auto parts = comm->gather(std::vector<uint8_t>(size_t(r + 1), uint8_t(r)), 0);
+  if (r == 0) {
+    EXPECT_EQ(parts, (std::vector<std::vector<uint8_t>>{{0}, {1, 1}}));
+  }
+  EXPECT_EQ(all_gather(*comm, {uint8_t(r)}), (std::vector<std::vector<uint8_t>>{{0}, {1}}));
+  const auto u = gather_u64(*comm, uint64_t(r) << 40);
+  if (r == 0) {
+    EXPECT_EQ(u, (std::vector<uint64_t>{0, uint64_t(1) << 40}));
+  }
+  comm->barrier();
+}
+
+TEST(Distributed, MpiCollectives) {
+  REQUIRE_MPIRUN();
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  const auto r = run_shell("QK_DIST_WORLD=1 " + mpirun(2) + self +
+                           " --gtest_color=no --gtest_filter=DistributedWorld.Collectives");
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  int passed = 0;
+  for (size_t at = 0; (at = r.out.find("[  PASSED  ] 1 test", at)) != std::string::npos; ++at) ++passed;
+  EXPECT_EQ(passed, 2) << r.out;
+}
 
 TEST(Distributed, TwoRanksWriteTheSingleProcessBytesOnAidreams) {
   REQUIRE_MPIRUN();

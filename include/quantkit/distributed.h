@@ -72,6 +72,7 @@ int run_job(Communicator& comm, const std::function<int()>& job);
 uint64_t parse_memory_limit(const std::string& text, int local_ranks);
 uint64_t available_memory_bytes();  // MemAvailable; 0 when unknown
 uint64_t peak_rss_bytes();          // getrusage ru_maxrss of this process
+double cpu_seconds();               // user + system time of this process so far
 std::string format_bytes(uint64_t bytes);  // "123.4 MiB"
 
 }  // namespace quantkit

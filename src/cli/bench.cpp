@@ -5,8 +5,9 @@
 // generated token), then per repetition a fresh cache, the prompt in one forward (logits of
 // the last position only) and --gen single-token steps after it; the median of the
 // repetitions is reported. Generation reads every weight once per token, so
-// bytes/token x tokens/s is the bandwidth it achieves; the ratio to the measured STREAM
-// bandwidth says how close to the memory limit it runs.
+// bytes/token x tokens/s is the bandwidth it achieves; its ratio to the machine's read
+// bandwidth (quantkit/stream_bandwidth.h, measured in the same run) says how close to the
+// memory limit it runs.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -134,37 +135,31 @@ nlohmann::json samples_json(const std::vector<double>& tps) {
   return {{"tokens_per_second", median(tps)}, {"samples", tps}};
 }
 
-int run_bench(const BenchArgs& a) {
-  if (a.prompt < 0 || a.gen < 0 || a.prompt + a.gen == 0) fail("--prompt and --gen: at least one must be positive");
-  const KVSpec kv = parse_kv_spec(a.kv);
-  if (!a.format.empty()) canonical_spec(a.format);  // a bad spec fails before any work
-  set_num_threads(a.model.threads);
-
-  // Measured first, before the model takes memory; the arrays are freed on return.
+StreamBandwidth machine_bandwidth(const BenchArgs& a) {
   StreamOptions so;
   so.array_bytes = size_t(a.stream_mb) << 20;
   so.passes = a.stream_passes;
   if (!a.json && stderr_is_tty()) std::fprintf(stderr, "bench: measuring memory bandwidth...\r");
-  const StreamBandwidth bw = measure_stream_bandwidth(so);
+  return measure_stream_bandwidth(so);
+}
 
+// The model file, its layers quantized in memory (rtn) when --format asks for a storage the
+// file does not already have.
+ModelFile load_for_bench(const BenchArgs& a, bool* quantized) {
   ModelFile file = a.model.load();
-  bool quantized = false;
-  if (!a.format.empty() && !layers_all_in(file, canonical_spec(a.format))) {
-    QuantizeOptions opt;
-    opt.format = a.format;
-    opt.embedding_format = a.embedding_format;
-    Progress progress("bench: quantizing (rtn), tensor", int64_t(file.tensors.size()));
-    QuantizeResult r = quantize_model(file, opt, nullptr, file.vocab ? file.vocab->bos_id : 1,
-                                      [&](const char*, int done, int, const std::string& what) { progress.update(done, 0, what); });
-    progress.finish();
-    file = std::move(r.model);
-    quantized = true;
-  }
-  const LlamaModel model(file);
-  const LlamaConfig& c = model.config();
-  if (a.prompt + a.gen > c.max_seq_len)
-    fail("{}: --prompt {} + --gen {} exceeds the model's context of {}", a.model.model, a.prompt, a.gen, c.max_seq_len);
+  *quantized = !a.format.empty() && !layers_all_in(file, canonical_spec(a.format));
+  if (!*quantized) return file;
+  QuantizeOptions opt;
+  opt.format = a.format;
+  opt.embedding_format = a.embedding_format;
+  Progress progress("bench: quantizing (rtn), tensor", int64_t(file.tensors.size()));
+  QuantizeResult r = quantize_model(file, opt, nullptr, file.vocab ? file.vocab->bos_id : 1,
+                                    [&](const char*, int done, int, const std::string& what) { progress.update(done, 0, what); });
+  progress.finish();
+  return std::move(r.model);
+}
 
+Timing time_model(const LlamaModel& model, const ModelFile& file, const KVSpec& kv, const BenchArgs& a) {
   Runner runner(model, kv, random_prompt(file, a.prompt, a.seed), a.gen);
   runner.run(nullptr, std::min(a.gen, 1));  // warm-up: scratch buffers, page faults, caches
   Timing t;
@@ -176,48 +171,89 @@ int run_bench(const BenchArgs& a) {
     progress.update(r + 1);
   }
   progress.finish();
+  return t;
+}
 
-  // Bytes read per generated token: every weight once, plus the cached keys/values of the
-  // positions attended to (prompt + (gen + 1) / 2 on average over the steps).
-  const size_t weights = model.weight_bytes();
-  const double kv_bytes = double(t.kv_bytes_per_position) * (a.prompt + (a.gen + 1) / 2.0);
-  const double tg = median(t.tg_tps);
-  const double effective = (double(weights) + kv_bytes) * tg / 1e9;
-  const double ratio = bw.best_gbs() > 0 ? effective / bw.best_gbs() : 0;
+struct Report {
+  std::string storage, kv;
+  bool quantized = false;
   int64_t params = 0;
-  for (const auto& w : file.tensors) params += w.numel();
-  const std::string storage = layer_storage(file);
+  size_t weight_bytes = 0;
+  double kv_bytes = 0;   // per generated token
+  double effective = 0;  // GB/s generation reads
+  double ratio = 0;      // effective / the machine's read bandwidth
+  Timing timing;
+  StreamBandwidth bw;
+};
 
-  if (a.json) {
-    nlohmann::json j = {
-        {"model", a.model.model}, {"format", storage}, {"quantized_in_memory", quantized},
-        {"threads", num_threads()}, {"kv", kv.str()}, {"prompt", a.prompt}, {"gen", a.gen}, {"reps", a.reps},
-        {"parameters", params}, {"weight_bytes", weights}, {"kv_bytes_per_token", kv_bytes},
-        {"bytes_per_token", double(weights) + kv_bytes},
-        {"pp", samples_json(t.pp_tps)}, {"tg", samples_json(t.tg_tps)},
-        {"effective_bandwidth_gbs", effective},
-        {"machine_bandwidth", {{"copy_gbs", bw.copy_gbs}, {"triad_gbs", bw.triad_gbs}, {"read_gbs", bw.read_gbs},
-                               {"best_gbs", bw.best_gbs()}, {"best_kernel", bw.best_kernel()},
-                               {"array_bytes", bw.array_bytes}, {"passes", bw.passes}, {"threads", bw.threads}}},
-        {"bandwidth_ratio", ratio}};
-    print_json(j);
-    return 0;
-  }
+// Bytes read per generated token: every weight once, plus the cached keys/values of the
+// positions attended to (prompt + (gen + 1) / 2 on average over the steps).
+Report summarize(const LlamaModel& model, const ModelFile& file, const BenchArgs& a, Timing t, const StreamBandwidth& bw) {
+  Report r;
+  r.storage = layer_storage(file);
+  for (const auto& w : file.tensors) r.params += w.numel();
+  r.weight_bytes = model.weight_bytes();
+  r.kv_bytes = double(t.kv_bytes_per_position) * (a.prompt + (a.gen + 1) / 2.0);
+  r.effective = (double(r.weight_bytes) + r.kv_bytes) * median(t.tg_tps) / 1e9;
+  r.ratio = bw.reference_gbs() > 0 ? r.effective / bw.reference_gbs() : 0;
+  r.timing = std::move(t);
+  r.bw = bw;
+  return r;
+}
+
+void print_json_report(const Report& r, const BenchArgs& a) {
+  const StreamBandwidth& bw = r.bw;
+  print_json({{"model", a.model.model}, {"format", r.storage}, {"quantized_in_memory", r.quantized},
+              {"threads", num_threads()}, {"kv", r.kv}, {"prompt", a.prompt}, {"gen", a.gen}, {"reps", a.reps},
+              {"parameters", r.params}, {"weight_bytes", r.weight_bytes}, {"kv_bytes_per_token", r.kv_bytes},
+              {"bytes_per_token", double(r.weight_bytes) + r.kv_bytes},
+              {"pp", samples_json(r.timing.pp_tps)}, {"tg", samples_json(r.timing.tg_tps)},
+              {"effective_bandwidth_gbs", r.effective},
+              {"machine_bandwidth", {{"copy_gbs", bw.copy_gbs}, {"triad_gbs", bw.triad_gbs}, {"read_gbs", bw.read_gbs},
+                                     {"reference_gbs", bw.reference_gbs()},
+                                     {"array_bytes", bw.array_bytes}, {"passes", bw.passes}, {"threads", bw.threads}}},
+              {"bandwidth_ratio", r.ratio},
+              {"bandwidth_ratio_triad", bw.triad_gbs > 0 ? r.effective / bw.triad_gbs : 0}});
+}
+
+void print_table_report(const Report& r, const BenchArgs& a) {
+  const StreamBandwidth& bw = r.bw;
   std::printf("model      %s (%s layers%s, %.1fM parameters, %d threads, KV cache %s)\n", a.model.model.c_str(),
-              storage.c_str(), quantized ? ", quantized in memory (rtn)" : "", double(params) / 1e6, num_threads(),
-              kv.str().c_str());
+              r.storage.c_str(), r.quantized ? ", quantized in memory (rtn)" : "", double(r.params) / 1e6,
+              num_threads(), r.kv.c_str());
   std::printf("%-16s %12s   median of %d (min .. max)\n", "test", "tokens/s", a.reps);
   auto row = [&](const std::string& name, const std::vector<double>& tps) {
     if (tps.empty()) return;
     std::printf("%-16s %12.2f   (%.2f .. %.2f)\n", name.c_str(), median(tps), *std::min_element(tps.begin(), tps.end()),
                 *std::max_element(tps.begin(), tps.end()));
   };
-  row(fmt::format("pp{}", a.prompt), t.pp_tps);
-  row(fmt::format("tg{} @ {}", a.gen, a.prompt), t.tg_tps);
-  std::printf("per token  %.2f MB weights + %.2f MB KV cache read\n", double(weights) / 1e6, kv_bytes / 1e6);
-  std::printf("bandwidth  generation %.2f GB/s; machine: copy %.2f, triad %.2f, read %.2f GB/s (%d threads, %zu MiB arrays, best of %d)\n",
-              effective, bw.copy_gbs, bw.triad_gbs, bw.read_gbs, bw.threads, bw.array_bytes >> 20, bw.passes);
-  std::printf("ratio      %.1f%% of the measured bandwidth (%s)\n", 100 * ratio, bw.best_kernel().c_str());
+  row(fmt::format("pp{}", a.prompt), r.timing.pp_tps);
+  row(fmt::format("tg{} @ {}", a.gen, a.prompt), r.timing.tg_tps);
+  std::printf("per token  %.2f MB weights + %.2f MB KV cache read\n", double(r.weight_bytes) / 1e6, r.kv_bytes / 1e6);
+  std::printf("bandwidth  generation %.2f GB/s; machine (%d threads, %zu MiB arrays, best of %d): read %.2f GB/s, "
+              "STREAM copy %.2f, triad %.2f GB/s\n",
+              r.effective, bw.threads, bw.array_bytes >> 20, bw.passes, bw.read_gbs, bw.copy_gbs, bw.triad_gbs);
+  std::printf("ratio      %.1f%% of the read bandwidth (%.1f%% of STREAM triad)\n", 100 * r.ratio,
+              bw.triad_gbs > 0 ? 100 * r.effective / bw.triad_gbs : 0.0);
+}
+
+int run_bench(const BenchArgs& a) {
+  if (a.prompt + a.gen == 0) fail("--prompt and --gen: at least one must be positive");
+  const KVSpec kv = parse_kv_spec(a.kv);
+  if (!a.format.empty()) canonical_spec(a.format);  // a bad spec fails before any work
+  set_num_threads(a.model.threads);
+  const StreamBandwidth bw = machine_bandwidth(a);  // first, before the model takes memory
+  bool quantized = false;
+  const ModelFile file = load_for_bench(a, &quantized);
+  const LlamaModel model(file);
+  if (a.prompt + a.gen > model.config().max_seq_len)
+    fail("{}: --prompt {} + --gen {} exceeds the model's context of {}", a.model.model, a.prompt, a.gen,
+         model.config().max_seq_len);
+  Report r = summarize(model, file, a, time_model(model, file, kv, a), bw);
+  r.quantized = quantized;
+  r.kv = kv.str();
+  if (a.json) print_json_report(r, a);
+  else print_table_report(r, a);
   return 0;
 }
 

@@ -122,17 +122,20 @@ QuantizeOptions scaled_out(QuantizeOptions opt, const QuantizeArgs& a, Communica
   return opt;
 }
 
-// Every rank's peak RSS (getrusage) beside its estimate, printed by rank 0; for --json.
+// Every rank's peak RSS (getrusage) beside its estimate, and its CPU time, printed by rank 0;
+// for --json.
 nlohmann::json report_memory(Communicator& comm, const QuantizeResult& r, const QuantizeArgs& a) {
-  const std::vector<uint64_t> rss = gather_u64(comm, peak_rss_bytes()), est = gather_u64(comm, r.memory.total());
+  const std::vector<uint64_t> rss = gather_u64(comm, peak_rss_bytes()), est = gather_u64(comm, r.memory.total()),
+                              cpu_ms = gather_u64(comm, uint64_t(1000 * cpu_seconds()));
   nlohmann::json ranks = nlohmann::json::array();
   if (r.resumed_stages)
     std::fprintf(stderr, "note: resumed from %s: %d of %d stages were done\n", a.resume.c_str(),
                  r.resumed_stages, r.stages);
   for (size_t i = 0; i < rss.size(); ++i) {
-    std::fprintf(stderr, "rank %zu of %zu: peak RSS %s (estimated %s)\n", i, rss.size(), format_bytes(rss[i]).c_str(),
-                 format_bytes(est[i]).c_str());
-    ranks.push_back({{"rank", i}, {"peak_rss_bytes", rss[i]}, {"estimated_peak_bytes", est[i]}});
+    std::fprintf(stderr, "rank %zu of %zu: peak RSS %s (estimated %s), cpu %.1f s\n", i, rss.size(),
+                 format_bytes(rss[i]).c_str(), format_bytes(est[i]).c_str(), 1e-3 * double(cpu_ms[i]));
+    ranks.push_back({{"rank", i}, {"peak_rss_bytes", rss[i]}, {"estimated_peak_bytes", est[i]},
+                     {"cpu_seconds", 1e-3 * double(cpu_ms[i])}});
   }
   return ranks;
 }

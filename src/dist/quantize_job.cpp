@@ -104,12 +104,16 @@ struct Stage {
   std::vector<Item> items;
 };
 
-// Relative cost of quantizing t, for balancing (GPTQ: O(rows cols^2) feedback, O(cols^3) factorisation).
+// Relative cost (flops) of quantizing t, for balancing: encoding ~ 64 per weight; with a
+// Hessian, up to three candidates scored on <= 256 rows (4 n cols^2 each); GPTQ's feedback
+// 2 rows cols^2 and factorisation cols^3 / 3.
 double cost_of(const TensorView& t, QuantMethod m, bool calibrated) {
   const double rows = t.shape.size() == 2 ? double(t.shape[0]) : 1.0, cols = double(t.shape.back());
-  if (!calibrated || m == QuantMethod::Rtn) return rows * cols;
-  if (m == QuantMethod::Weighted) return 4 * rows * cols;
-  return rows * cols * (cols / 32 + 4) + cols * cols * cols / 96;
+  double cost = 64 * rows * cols;
+  if (!calibrated || m == QuantMethod::Rtn) return cost;
+  cost += 3 * 4 * std::min(rows, 256.0) * cols * cols;
+  if (m == QuantMethod::Gptq) cost += 2 * rows * cols * cols + cols * cols * cols / 3;
+  return cost;
 }
 
 // Largest items first, each to the least loaded rank (ties: the lowest): the same owners on
@@ -211,20 +215,25 @@ struct MemoryInputs {
   bool output_in_memory;
 };
 
-// FP64 bytes of partial sums, DSYRK scratch and finished Hessians of one calibrated stage.
-uint64_t hessian_bytes(const Stage& s, const LlamaConfig& c, int rank) {
+// Hessian bytes of one calibrated stage on `rank`: the exact partial sums of every input
+// (16-byte upper triangles) with the DSYRK scratch while capturing, and the finished FP64
+// Hessians of the rank's groups.
+struct HessianBytes {
+  uint64_t partial = 0, scratch = 0, finished = 0;
+};
+
+HessianBytes hessian_bytes(const Stage& s, const LlamaConfig& c, int rank) {
   const std::vector<uint64_t> widths = s.head ? std::vector<uint64_t>{uint64_t(c.dim)}
                                               : std::vector<uint64_t>{uint64_t(c.dim), uint64_t(c.dim),
                                                                       uint64_t(c.dim), uint64_t(c.hidden_dim)};
-  uint64_t bytes = 0, wmax = 0;
-  for (uint64_t w : widths) bytes += 8 * w * (w + 1), wmax = std::max(wmax, w);  // 16-byte upper triangles
-  bytes += 8 * wmax * wmax;
+  HessianBytes b;
+  for (uint64_t w : widths) b.partial += 8 * w * (w + 1), b.scratch = std::max(b.scratch, 8 * w * w);
   for (const Item& it : s.items)
     if (it.owner == rank && it.input >= 0) {
       const uint64_t w = it.input == kHead ? widths[0] : widths[size_t(it.input)];
-      bytes += 8 * w * w;
+      b.finished += 8 * w * w;
     }
-  return bytes;
+  return b;
 }
 
 MemoryEstimate estimate_memory(const MemoryInputs& m, int rank, int ranks) {
@@ -260,15 +269,21 @@ MemoryEstimate estimate_memory(const MemoryInputs& m, int rank, int ranks) {
         mine_out += out;
         solve = std::max(solve, quantize_working_bytes(t, m.plans[i], m.method, calibrated && it.input >= 0));
       }
-    // Layer stages: the FP32 layer, every rank's bytes (exchanged and parsed), one decoded
-    // weight at a time; other stages: rank 0 gathers the stage.
-    const uint64_t hess = calibrated ? hessian_bytes(s, c, rank) : 0;
-    const uint64_t layer = calibrated && s.layer >= 0 ? weights + 2 * stage_out + largest + mine_out
-                                                       : (rank == 0 ? 2 * stage_out : mine_out);
-    if (hess + layer + solve >= worst) {
-      worst = hess + layer + solve;
-      e.stage = s.name, e.hessians = hess, e.layer = layer, e.solve = solve;
-    }
+    // The phases of a stage, each as (Hessians, layer, solve): capture (the FP32 layer, the
+    // partial sums, the DSYRK scratch), reduce (partial and finished sums), solve (the finished
+    // Hessians, quantizing the largest tensor, the rank's bytes), exchange (every rank's bytes
+    // and, on rank 0, their concatenation; layer stages: the decoded layer installed).
+    const HessianBytes h = calibrated ? hessian_bytes(s, c, rank) : HessianBytes{};
+    const uint64_t gathered = calibrated && s.layer >= 0 ? 2 * stage_out : (rank == 0 ? 2 * stage_out : mine_out);
+    const std::array<std::array<uint64_t, 3>, 4> phases = {{{h.partial + h.scratch, weights, 0},
+                                                            {h.partial + h.finished, 0, 0},
+                                                            {h.finished, 0, solve + mine_out},
+                                                            {0, gathered + weights + largest, 0}}};
+    for (const auto& p : phases)
+      if (p[0] + p[1] + p[2] > worst || e.stage.empty()) {
+        worst = p[0] + p[1] + p[2];
+        e.stage = s.name, e.hessians = p[0], e.layer = p[1], e.solve = p[2];
+      }
     total_out += stage_out;
   }
   e.output = m.output_in_memory && rank == 0 ? total_out : 0;
@@ -385,9 +400,17 @@ class Job {
       if (it.input >= 0)
         for (size_t i : it.tensors) install(L, src_.tensors[i].name, std::make_unique<DenseLinear>(to_float(src_.tensors[i])));
     LayerHessianSums sums = cal_->capture_sums(st.layer);
+    release_layer(st);  // the FP32 weights are not needed again: memory for the solve
     for (const Item& it : st.items)
       if (it.input >= 0) reduce(sums.inputs[size_t(it.input)], it);
     return h;
+  }
+
+  void release_layer(const Stage& st) {
+    LlamaLayer& L = model_->layers()[size_t(st.layer)];
+    for (const Item& it : st.items)
+      if (it.input >= 0)
+        for (size_t i : it.tensors) install(L, src_.tensors[i].name, placeholder());
   }
 
   // Installs the quantized layer (decoded from every rank's bytes), runs the windows through
@@ -399,9 +422,7 @@ class Job {
         if (input_of(t.view.name))
           install(L, t.view.name, std::make_unique<DenseLinear>(decoded_weights(t.view, j_.plans[index_.at(t.view.name)])));
     cal_->advance(st.layer);
-    for (const Item& it : st.items)
-      if (it.input >= 0)
-        for (size_t i : it.tensors) install(L, src_.tensors[i].name, placeholder());
+    release_layer(st);
   }
 
   void run_stage(int s) {
