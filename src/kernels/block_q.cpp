@@ -10,6 +10,8 @@ namespace quantkit::kernels {
 void blockq_matmul_avx2(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1);
 void blockq_matmul_avx512(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0,
                           int64_t r1);
+void blockq_matmul_avx512_zmm(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0,
+                              int64_t r1);
 
 namespace {
 
@@ -102,8 +104,10 @@ std::vector<BlockQKernel> blockq_kernels() {
 #if defined(__x86_64__)
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (avx2 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw"))
+      __builtin_cpu_supports("avx512bw")) {
+    if (__builtin_cpu_supports("avx512dq")) k.push_back({"avx512-vnni-zmm", blockq_matmul_avx512_zmm});
     k.push_back({"avx512-vnni", blockq_matmul_avx512});
+  }
   if (avx2) k.push_back({"avx2", blockq_matmul_avx2});
 #endif
   k.push_back({"scalar", blockq_matmul_ref});

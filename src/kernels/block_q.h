@@ -66,7 +66,7 @@ void blockq_matmul(const BlockQMatrix& w, const Q8Activations& a, float* y, int6
 // another order).
 void blockq_matmul_ref(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0,
                        int64_t r1);
-// Which kernel blockq_matmul uses: "avx512-vnni", "avx2" or "scalar".
+// Which kernel blockq_matmul uses: "avx512-vnni-zmm", "avx512-vnni", "avx2" or "scalar".
 const char* blockq_isa();
 
 // Every kernel this CPU can run, fastest first, ending with the scalar reference (tests
