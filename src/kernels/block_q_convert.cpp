@@ -91,7 +91,8 @@ void put_code(BlockQMatrix& w, int64_t r, int64_t b, int j, int v) {
 Affine put_block(BlockQMatrix& w, int64_t r, int64_t b, const float* x, int n, Affine a, int bits) {
   const float centre = (w.kind == CodeKind::S8 && bits > 0) ? float(1 << (bits - 1)) : 0.0f;
   for (int j = 0; j < n; ++j) {
-    const int c = a.d != 0.0f ? int(std::lround((x[j] - a.m) / a.d)) : 0;
+    const float v = a.d != 0.0f ? (x[j] - a.m) / a.d : 0.0f;  // an integer up to rounding
+    const int c = int(v + (v < 0.0f ? -0.5f : 0.5f));
     put_code(w, r, b, j, c - int(centre));
   }
   return {a.d, a.m + centre * a.d};
@@ -108,23 +109,36 @@ void put_scale(BlockQMatrix& w, int64_t r, int64_t g, Affine a) {
   if (w.has_min) w.m[size_t(r * w.scales_per_row + g)] = f32_to_f16(a.m);
 }
 
+// Types whose 32-block is an fp16 scale followed by the codes in the layout's own order
+// (4-bit: byte j = weights j and j + 16) are copied, not decoded: q4_0 (c - 8), q8_0 and
+// iq4_nl (table indices).
+std::optional<BlockQMatrix> copied_blocks(DType type, const uint8_t* bytes, int64_t rows, int64_t cols) {
+  CodeKind kind;
+  switch (type) {
+    case DType::Q4_0: kind = CodeKind::S4; break;
+    case DType::Q8_0: kind = CodeKind::S8; break;
+    case DType::IQ4_NL: kind = CodeKind::Lut4; break;
+    default: return std::nullopt;
+  }
+  BlockQMatrix w = start(kind, rows, cols, 1, false);
+  if (kind == CodeKind::Lut4) std::copy(std::begin(ggml::kIQ4NLValues), std::end(ggml::kIQ4NLValues), w.lut.begin());
+  const size_t block_bytes = 2 + size_t(w.code_bytes());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < w.blocks_per_row; ++b) {
+      const uint8_t* src = bytes + size_t(r * w.blocks_per_row + b) * block_bytes;
+      std::memcpy(&w.d[size_t(r * w.blocks_per_row + b)], src, 2);
+      std::memcpy(w.q.data() + (r * w.blocks_per_row + b) * w.code_bytes(), src + 2, size_t(w.code_bytes()));
+    }
+  return w;
+}
+
 }  // namespace
 
 std::optional<BlockQMatrix> blockq_from_ggml(DType type, const uint8_t* bytes, int64_t rows, int64_t cols) {
   const DTypeTraits& tr = dtype_traits(type);
   if (tr.block_size <= 1 || cols % tr.block_size != 0 || tr.block_size % kQBlock != 0) return std::nullopt;
   const size_t row_bytes = dtype_row_bytes(type, cols);
-  if (type == DType::IQ4_NL) {  // the stored nibbles are the table indices, in our order
-    BlockQMatrix w = start(CodeKind::Lut4, rows, cols, 1, false);
-    std::copy(std::begin(ggml::kIQ4NLValues), std::end(ggml::kIQ4NLValues), w.lut.begin());
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t b = 0; b < w.blocks_per_row; ++b) {
-        const uint8_t* src = bytes + r * row_bytes + b * sizeof(ggml::BlockIQ4_NL);
-        std::memcpy(&w.d[size_t(r * w.blocks_per_row + b)], src, 2);
-        std::memcpy(w.q.data() + (r * w.blocks_per_row + b) * 16, src + 2, 16);
-      }
-    return w;
-  }
+  if (std::optional<BlockQMatrix> w = copied_blocks(type, bytes, rows, cols)) return w;
   const std::optional<GgmlSource> src = ggml_source(type);
   if (!src) return std::nullopt;
   BlockQMatrix w = start(src->bits == 4 ? CodeKind::U4 : CodeKind::S8, rows, cols, 1, src->has_min);
