@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/avx512_state.h"
 #include "kernels/block_q.h"
 
 #if defined(__x86_64__)
@@ -17,6 +18,7 @@ namespace quantkit::kernels {
 void blockq_matmul_avx512(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0,
                           int64_t r1) {
   matmul_dispatch(w, a, y, ldy, r0, r1);
+  clean_avx512_upper_state();  // EVEX code may use ymm16-31
 }
 }  // namespace quantkit::kernels
 

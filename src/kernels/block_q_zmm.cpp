@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/avx512_state.h"
 #include "kernels/block_q.h"
 
 #if defined(__x86_64__)
@@ -191,10 +192,7 @@ int integer_zero_point(const BlockQMatrix& w) {
   return float(z) == w.offset && z >= 1 && z <= 255 ? z : 0;
 }
 
-}  // namespace
-
-void blockq_matmul_avx512_zmm(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0,
-                              int64_t r1) {
+void dispatch(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   if (const int z = integer_zero_point(w)) return matmul_rows<Path::ZeroPoint, CodeKind::U4>(w, a, y, ldy, r0, r1, z);
   switch (w.kind) {
     case CodeKind::S4:  // handled above (zero point 8)
@@ -202,6 +200,14 @@ void blockq_matmul_avx512_zmm(const BlockQMatrix& w, const Q8Activations& a, flo
     case CodeKind::Lut4: return matmul_rows<Path::Signed, CodeKind::Lut4>(w, a, y, ldy, r0, r1, 0);
     case CodeKind::S8: return matmul_rows<Path::Signed, CodeKind::S8>(w, a, y, ldy, r0, r1, 0);
   }
+}
+
+}  // namespace
+
+void blockq_matmul_avx512_zmm(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0,
+                              int64_t r1) {
+  dispatch(w, a, y, ldy, r0, r1);
+  clean_avx512_upper_state();
 }
 
 }  // namespace quantkit::kernels

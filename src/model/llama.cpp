@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/vec_ops.h"
 #include "quantkit/error.h"
 #include "quantkit/thread_pool.h"
 
@@ -119,28 +120,17 @@ void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv
         float mx = -INFINITY;
         auto score = [&](const float* K, int j0, int j1) {
           for (int j = j0; j < j1; ++j) {
-            const float* kj = K + int64_t(j) * kv_dim + kvh * hd;
-            float d = 0;
-            for (int i = 0; i < hd; ++i) d += qt[i] * kj[i];
-            att[j] = d * scale;
+            att[j] = kernels::dot_f32(qt, K + int64_t(j) * kv_dim + kvh * hd, hd) * scale;
             mx = std::max(mx, att[j]);
           }
         };
         score(kv.kq, 0, kcut);
         score(kv.k, kcut, len);
-        float sum = 0;
-        for (int j = 0; j < len; ++j) {
-          att[j] = std::exp(att[j] - mx);
-          sum += att[j];
-        }
+        const float sum = kernels::exp_shifted_sum(att.data(), len, mx);
         float* ot = out + int64_t(t) * dim + h * hd;
         std::fill(ot, ot + hd, 0.0f);
         auto mix = [&](const float* V, int j0, int j1) {
-          for (int j = j0; j < j1; ++j) {
-            const float p = att[j] / sum;
-            const float* vj = V + int64_t(j) * kv_dim + kvh * hd;
-            for (int i = 0; i < hd; ++i) ot[i] += p * vj[i];
-          }
+          for (int j = j0; j < j1; ++j) kernels::axpy_f32(att[j] / sum, V + int64_t(j) * kv_dim + kvh * hd, ot, hd);
         };
         mix(kv.vq, 0, vcut);
         mix(kv.v, vcut, len);
@@ -194,10 +184,9 @@ void LlamaModel::forward_layer(int l, float* x, int n, int pos, KVCache& cache,
   if (observe) observe(l, LinearInput::Ffn, xn.data(), n, dim);
   L.w_gate->forward(xn.data(), n, gate.data());
   L.w_up->forward(xn.data(), n, up.data());
-  for (size_t i = 0; i < gate.size(); ++i) {
-    const float g = gate[i];
-    gate[i] = g / (1.0f + std::exp(-g)) * up[i];  // SwiGLU: silu(gate) * up
-  }
+  global_pool().parallel_for(n, [&](int64_t t0, int64_t t1) {  // SwiGLU: silu(gate) * up
+    kernels::swiglu(gate.data() + t0 * hidden, up.data() + t0 * hidden, size_t((t1 - t0) * hidden));
+  });
   if (observe) observe(l, LinearInput::FfnDown, gate.data(), n, hidden);
   L.w_down->forward(gate.data(), n, tmp.data());
   for (size_t i = 0; i < nd; ++i) x[i] += tmp[i];

@@ -1,0 +1,21 @@
+// Small FP32 vector loops of the model runtime (attention, SwiGLU), compiled for AVX2+FMA
+// and for the baseline, chosen at load time (GCC target_clones). Sums use a fixed number
+// of partial sums in a fixed order, so results do not depend on the CPU or thread count
+// beyond that choice.
+#pragma once
+#include <cstddef>
+
+namespace quantkit::kernels {
+
+// sum_i a[i] b[i]
+float dot_f32(const float* a, const float* b, int n);
+// y[i] += s x[i]
+void axpy_f32(float s, const float* x, float* y, int n);
+// v[i] = exp(v[i] - max) (0 where v[i] - max < -80: no subnormal results); returns the sum.
+float exp_shifted_sum(float* v, int n, float max);
+// gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)) with the exponent clamped to
+// [-80, 80]: no overflow and no subnormal (slow) intermediate; exact in float for g > -80,
+// below it |silu| < 1e-32 instead of a subnormal.
+void swiglu(float* gate, const float* up, size_t n);
+
+}  // namespace quantkit::kernels
