@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include "io/ggml_blocks.h"
+#include "kernels/avx512_state.h"
 #include "quantkit/error.h"
 #include "quantkit/fp16.h"
 
@@ -582,10 +583,11 @@ template <class T>
 void sort_keys(typename T::Key* keys, int n) {
   constexpr int L = T::kLanes;
   if (kHaveAvx512 && n <= 16 * L) {
-    if (n <= 2 * L) return sort_keys_avx512<T, 2>(keys, n);
-    if (n <= 4 * L) return sort_keys_avx512<T, 4>(keys, n);
-    if (n <= 8 * L) return sort_keys_avx512<T, 8>(keys, n);
-    return sort_keys_avx512<T, 16>(keys, n);
+    if (n <= 2 * L) sort_keys_avx512<T, 2>(keys, n);
+    else if (n <= 4 * L) sort_keys_avx512<T, 4>(keys, n);
+    else if (n <= 8 * L) sort_keys_avx512<T, 8>(keys, n);
+    else sort_keys_avx512<T, 16>(keys, n);
+    return kernels::clean_avx512_upper_state();
   }
   std::sort(keys, keys + n);
 }
@@ -819,7 +821,10 @@ LevelSums sweep_scales(const float* x, const float* w, int n, const Levels& lv, 
   int level[kQK_K];
   int ne = -1;
   if constexpr (std::is_same_v<Levels, UniformLevels>)
-    if (kHaveAvx512) ne = sweep_events_avx512(x, n, lv, sign, t_from, t_to, span, level, keys, kMaxEvents);
+    if (kHaveAvx512) {
+      ne = sweep_events_avx512(x, n, lv, sign, t_from, t_to, span, level, keys, kMaxEvents);
+      kernels::clean_avx512_upper_state();
+    }
   if (ne < 0) ne = sweep_events(x, n, lv, sign, t_from, t_to, level, keys, kMaxEvents);
   std::vector<uint64_t> many;
   uint64_t* events = keys;
@@ -881,7 +886,11 @@ void sweep_both_signs(const float* x, const float* w, int n, const UniformLevels
                       int span, const double* dxq, LevelSums* best) {
   uint64_t keys[kMaxEvents];
   int level[2][kQK_K], k_from[kQK_K];
-  int ne = kHaveAvx512 ? both_signs_events_avx512(x, n, lv, win, span, level, k_from, keys, kMaxEvents) : -1;
+  int ne = -1;
+  if (kHaveAvx512) {
+    ne = both_signs_events_avx512(x, n, lv, win, span, level, k_from, keys, kMaxEvents);
+    kernels::clean_avx512_upper_state();
+  }
   if (ne < 0) ne = both_signs_events(x, n, lv, win, level, k_from, keys, kMaxEvents);
   std::vector<uint64_t> many;
   uint64_t* events = keys;
@@ -1173,7 +1182,10 @@ template <class Levels>
 void candidate_errors(const float* x, const float* w, int n, const Levels& lv, const float* a, int count,
                       double* err) {
   if constexpr (std::is_same_v<Levels, UniformLevels>)
-    if (kHaveAvx512) return scale_errors_avx512(x, w, n, lv, a, count, err);
+    if (kHaveAvx512) {
+      scale_errors_avx512(x, w, n, lv, a, count, err);
+      return kernels::clean_avx512_upper_state();
+    }
   scale_errors(x, w, n, lv, a, count, err);
 }
 
