@@ -106,9 +106,10 @@ struct Tile {
   __m512i lut, zero_point;
   __m512 acc[R][T];
 
-  // Blocks b and b + 1 (scale groups g0, g1) of every row and token; Single: block b only.
-  template <bool Single>
-  inline void pair(int64_t b, int64_t g0, int64_t g1) {
+  // Blocks b and b + 1 of every row and token; Single: block b only. d_of(i): row i's
+  // scales of the two blocks as a pair vector; dx_of(t, ab): token t's.
+  template <bool Single, class DOf, class DxOf>
+  inline void pair(int64_t b, DOf d_of, DxOf dx_of) {
     const int64_t nb = w.blocks_per_row, cb = w.code_bytes();
     const __m512i zero = _mm512_setzero_si512();
     __m512i x[T], xb[T];
@@ -116,7 +117,7 @@ struct Tile {
     for (int t = 0; t < T; ++t) {
       const int64_t ab = (t0 + t) * a.blocks + b;
       x[t] = load_x(a.q.data() + ab * kQBlock, Single);
-      dx[t] = pair_vec(a.d[size_t(ab)], Single ? 0.0f : a.d[size_t(ab) + 1]);
+      dx[t] = dx_of(t, ab);
       if constexpr (P == Path::ZeroPoint)
         xb[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, zero_point, x[t]));
       if constexpr (P == Path::Signed) xb[t] = _mm512_xor_si512(x[t], _mm512_set1_epi8(char(0x80)));
@@ -125,7 +126,7 @@ struct Tile {
       const uint8_t* q = w.q.data() + ((r + i) * nb + b) * cb;
       if constexpr (T == 1) _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes), _MM_HINT_T0);
       const __m512i wq = load_pair<K>(q, Single, lut);
-      const __m512 d = pair_vec(scale_d(w, r + i, g0), Single ? 0.0f : scale_d(w, r + i, g1));
+      const __m512 d = d_of(i);
       __m512i wbias = zero;
       if constexpr (P == Path::Signed)
         wbias = _mm512_sub_epi32(zero, _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, _mm512_set1_epi8(1), wq), 7));
@@ -139,17 +140,55 @@ struct Tile {
     }
   }
 
+  // Blocks b .. b + 7: every row's scales and every token's activation scales are loaded
+  // once (8 floats) and spread to the four pairs by a permutation. g_lane[k]: the scale
+  // group of block b + k minus that of block b.
+  inline void octet(int64_t b, int64_t g_first, const int (&g_lane)[8]) {
+    const int64_t spr = w.scales_per_row;
+    const __mmask8 live = __mmask8((1u << (g_lane[7] + 1)) - 1);  // groups present
+    __m512 d8[R], dx8[T];
+    for (int i = 0; i < R; ++i)
+      d8[i] = _mm512_castps256_ps512(
+          _mm256_cvtph_ps(_mm_maskz_loadu_epi16(live, w.d.data() + (r + i) * spr + g_first)));
+    for (int t = 0; t < T; ++t) dx8[t] = _mm512_castps256_ps512(_mm256_loadu_ps(a.d.data() + (t0 + t) * a.blocks + b));
+    for (int p = 0; p < 4; ++p) {
+      const __m512i di = _mm512_inserti32x8(_mm512_set1_epi32(g_lane[2 * p]), _mm256_set1_epi32(g_lane[2 * p + 1]), 1);
+      const __m512i xi = _mm512_inserti32x8(_mm512_set1_epi32(2 * p), _mm256_set1_epi32(2 * p + 1), 1);
+      pair<false>(
+          b + 2 * p, [&](int i) { return _mm512_permutexvar_ps(di, d8[i]); },
+          [&](int t, int64_t) { return _mm512_permutexvar_ps(xi, dx8[t]); });
+    }
+  }
+
   void run(float* y, int64_t ldy, bool with_min) {
     for (int i = 0; i < R; ++i)
       for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
     const int64_t nb = w.blocks_per_row, bps = w.blocks_per_scale;
     // g0: the scale group of block b, k0: b's place in it (no division in the loop).
     int64_t b = 0, g0 = 0, k0 = 0;
-    for (; b + 1 < nb; b += 2) {
-      pair<false>(b, g0, k0 + 1 == bps ? g0 + 1 : g0);
-      for (k0 += 2; k0 >= bps;) k0 -= bps, ++g0;
+    auto advance = [&](int64_t blocks) {
+      for (k0 += blocks; k0 >= bps;) k0 -= bps, ++g0;
+    };
+    for (; b + 8 <= nb; b += 8) {
+      int g_lane[8];
+      for (int k = 0, g = 0, kk = int(k0); k < 8; ++k) {
+        g_lane[k] = g;
+        if (++kk == bps) kk = 0, ++g;
+      }
+      octet(b, g0, g_lane);
+      advance(8);
     }
-    if (b < nb) pair<true>(b, g0, g0);
+    for (; b < nb; b += 2) {
+      const bool single = b + 1 == nb;
+      const int64_t g1 = k0 + 1 == bps ? g0 + 1 : g0;
+      auto d_of = [&](int i) {
+        return pair_vec(scale_d(w, r + i, g0), single ? 0.0f : scale_d(w, r + i, g1));
+      };
+      auto dx_of = [&](int, int64_t ab) { return pair_vec(a.d[size_t(ab)], single ? 0.0f : a.d[size_t(ab) + 1]); };
+      if (single) pair<true>(b, d_of, dx_of);
+      else pair<false>(b, d_of, dx_of);
+      advance(2);
+    }
     for (int i = 0; i < R; ++i)
       for (int t = 0; t < T; ++t)
         y[(t0 + t) * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]) +
