@@ -270,6 +270,43 @@ TEST(Distributed, TwoRanksWriteTheSingleProcessBytesOnAidreams) {
     expect_same_output(aidreams_args() + " -f q4_0 --method " + method, dir, method);
 }
 
+// --shards under mpirun: the ranks write the shards (rank 1 the second of each split), and the
+// files are the single process's, with no temporary left behind.
+TEST(Distributed, TwoRanksWriteTheSingleProcessShards) {
+  REQUIRE_MPIRUN();
+  const std::string dir = qk_test::temp_dir("dist_shards"), args = aidreams_args() + " -f q4_0 --method rtn -t 1";
+  for (const char* sub : {"one", "two"}) fs::create_directories(dir + "/" + sub + "-hf");  // quantize spills there
+  for (const auto& [out, shards] : {std::pair{"one.gguf", "2"}, std::pair{"one-hf/", "3"}}) {
+    const auto r = run_shell(std::string(QK_CLI) + " quantize " + args + " --shards " + shards + " -o " + dir + "/" + out);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  for (const auto& [out, shards] : {std::pair{"two.gguf", "ranks"}, std::pair{"two-hf/", "3"}}) {
+    const auto r = run_shell(mpirun(2) + QK_CLI + " quantize " + args + " --shards " + shards + " -o " + dir + "/" + out);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  std::vector<std::string> names;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) names.push_back(fs::relative(e.path(), dir).string());
+  std::sort(names.begin(), names.end());
+  const std::vector<std::string> hf = {"config.json", "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                                       "model-00003-of-00003.safetensors", "model.safetensors.index.json",
+                                       "quantkit_vocab.json"};
+  std::vector<std::string> expected;
+  for (const char* run : {"one", "two"}) {
+    expected.push_back(std::string(run) + "-00001-of-00002.gguf");
+    expected.push_back(std::string(run) + "-00002-of-00002.gguf");
+    expected.push_back(std::string(run) + "-hf");
+    for (const std::string& f : hf) expected.push_back(std::string(run) + "-hf/" + f);
+  }
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(names, expected);
+  for (const std::string& f : expected) {
+    if (!f.starts_with("one") || fs::is_directory(dir + "/" + f)) continue;
+    const std::string a = qk_test::read_file(dir + "/" + f), b = qk_test::read_file(dir + "/two" + f.substr(3));
+    EXPECT_GT(a.size(), 0u) << f;
+    EXPECT_TRUE(a == b) << f << ": 1 rank " << a.size() << " bytes, 2 ranks " << b.size() << " bytes differ";
+  }
+}
+
 // Realistic widths: 8 layers of 1024 / 2816 (4 KV heads) with rtn; the calibrated path (the
 // Hessians of 1024- and 2816-wide inputs crossing between ranks) on one such layer, weighted:
 // GPTQ and 8 calibrated layers take minutes with one thread per rank (bench_distributed runs them).

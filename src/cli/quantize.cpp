@@ -10,6 +10,7 @@
 #include "cli/command.h"
 #include "cli/common.h"
 #include "io/model_io.h"
+#include "io/shards.h"
 #include "quantkit/error.h"
 #include "quantkit/eval.h"
 #include "quantkit/html_report.h"
@@ -30,6 +31,7 @@ struct QuantizeArgs {
   bool json = false, no_act_order = false;
   BudgetArgs budget;
   std::string max_memory = "auto", resume;  // scale-out (docs/distributed.md)
+  std::string shards;                        // --shards N | ranks
 };
 
 enum class OutputKind { Gguf, Safetensors };
@@ -69,17 +71,46 @@ void check_layout(const QuantizeArgs& a) {
     fail("--safetensors-layout gptq stores fp16 (scales and unquantized tensors), not {}", a.safetensors_dtype);
 }
 
-// Writes the output; returns the GPTQ report when the GPTQ layout was written.
-std::optional<GptqReport> write_output(const QuantizeResult& r, const QuantizeArgs& a) {
+// --shards: a count, or `ranks` (one shard per process of the job); 0 without the option.
+int shard_count(const QuantizeArgs& a, const Communicator& comm) {
+  if (a.shards.empty()) return 0;
+  if (a.shards == "ranks") return comm.size();
+  size_t used = 0;
+  int n = 0;
+  try {
+    n = std::stoi(a.shards, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != a.shards.size() || n < 1 || n > 65535) fail("--shards {}: give a count from 1 to 65535, or 'ranks'", a.shards);
+  return n;
+}
+
+// The file a loader opens: the output, or the first shard of a GGUF split.
+std::string loadable_output(const QuantizeArgs& a, const Communicator& comm) {
+  const int shards = shard_count(a, comm);
+  return shards && output_kind(a.out) == OutputKind::Gguf ? shard_path(a.out, 0, shards) : a.out;
+}
+
+// Writes the output (with --shards, every rank of the job calls it: each writes its shards);
+// returns the GPTQ report when the GPTQ layout was written.
+std::optional<GptqReport> write_output(const QuantizeResult& r, const QuantizeArgs& a, Communicator& comm) {
+  const int count = shard_count(a, comm);
+  if (!comm.root()) {
+    if (count) write_files(&comm, {});  // the files rank 0 hands to this rank
+    return std::nullopt;
+  }
+  const ShardLayout shards = count ? ShardLayout::exactly(count, &comm) : ShardLayout();
   if (output_kind(a.out) == OutputKind::Gguf) {
-    save_gguf_model(r.model, a.out);
+    if (count) save_gguf_shards(r.model, a.out, shards);
+    else save_gguf_model(r.model, a.out);
     return std::nullopt;
   }
   std::string dir = a.out;
   if (std::filesystem::path(dir).extension() == ".safetensors") dir = std::filesystem::path(dir).parent_path().string();
   if (dir.empty()) dir = ".";
-  if (a.safetensors_layout == "gptq") return save_gptq_safetensors(r.model, dir);
-  save_safetensors_model(r.model, dir, dtype_from_name(a.safetensors_dtype));
+  if (a.safetensors_layout == "gptq") return save_gptq_safetensors(r.model, dir, shards);
+  save_safetensors_model(r.model, dir, dtype_from_name(a.safetensors_dtype), shards);
   return std::nullopt;
 }
 
@@ -116,6 +147,11 @@ QuantizeOptions scaled_out(QuantizeOptions opt, const QuantizeArgs& a, Communica
   opt.max_memory = parse_memory_limit(a.max_memory, comm.local_size());
   opt.resume_dir = a.resume;
   const std::filesystem::path out = std::filesystem::absolute(a.out);
+  // A safetensors folder is created up front (it holds the spilled stages); files come later.
+  std::error_code ec;
+  if (output_kind(a.out) == OutputKind::Safetensors && out.extension() != ".safetensors" &&
+      !std::filesystem::create_directories(out, ec) && ec)
+    fail("{}: cannot create the output folder: {}", a.out, ec.message());
   opt.spill_dir = (std::filesystem::is_directory(out) ? out : out.parent_path()).string();
   if (!a.model.threads && comm.local_size() > 1)
     set_num_threads(std::max(1, int(std::thread::hardware_concurrency()) / comm.local_size()));
@@ -154,7 +190,9 @@ int run_quantize(QuantizeArgs& a, Communicator& comm) {
     calib = tok.encode(read_text(a.calib, a.separator), true);
     bos = tok.bos();
   }
-  output_kind(a.out);  // a bad output name fails before any work
+  output_kind(a.out);  // a bad output name or shard count fails before any work
+  if (shard_count(a, comm) > int(in.tensors.size()))
+    fail("--shards {}: more shards than the {} tensors of {}", a.shards, in.tensors.size(), a.model.model);
   check_layout(a);
   std::optional<BudgetPlan> budget;
   if (a.budget.active()) {
@@ -169,22 +207,23 @@ int run_quantize(QuantizeArgs& a, Communicator& comm) {
                                       (std::string(stage) == "layer" ? layers : tensors).update(done, 0, what);
                                     });
   tensors.finish();
-  if (!comm.root()) return report_memory(comm, r, a), 0;  // rank 0 writes the output
-  const std::optional<GptqReport> gptq = write_output(r, a);
+  const std::optional<GptqReport> gptq = write_output(r, a, comm);
+  if (!comm.root()) return report_memory(comm, r, a), 0;  // rank 0 reports
   const nlohmann::json ranks = report_memory(comm, r, a);
   if (gptq && !a.json) print_gptq_notes(*gptq);
 
   int quantkit_only = 0;
   for (const auto& t : r.model.tensors) quantkit_only += t.type == DType::QK;
+  const std::string written = loadable_output(a, comm);
   if (quantkit_only && output_kind(a.out) == OutputKind::Gguf && a.out.ends_with(".gguf"))
     std::fprintf(stderr, "note: %d tensors use quantkit formats that llama.cpp cannot read; %s loads in quantkit\n",
-                 quantkit_only, a.out.c_str());
+                 quantkit_only, written.c_str());
 
   EvalResult ev;
   const bool eval = !a.eval_text.empty();
   nlohmann::json frontier;
   if (eval) {
-    ModelFile qfile = load_model(a.out);
+    ModelFile qfile = load_model(written);
     LlamaModel qmodel(qfile), ref(in);
     Tokenizer tok = tokenizer_of(qfile);
     const std::vector<int> tokens = tok.encode(read_text(a.eval_text, a.separator), true);
@@ -258,6 +297,9 @@ Register reg({"quantize", "quantize a model to a format with rtn, weighted or gp
   app.add_option("--max-memory", a->max_memory,
                  "refuse up front when a process would need more: BYTES with K/M/G/T suffix, or auto (available RAM "
                  "shared among this machine's ranks; default)");
+  app.add_option("--shards", a->shards,
+                 "write N files: a GGUF split (OUT-00001-of-0000N.gguf, as llama.cpp's gguf-split) or safetensors "
+                 "shards + model.safetensors.index.json; 'ranks': one per process, each process writing its own");
   app.add_option("--resume", a->resume, "checkpoint folder: each finished layer is saved; a rerun continues from it");
   return [a] {
     const std::unique_ptr<Communicator> comm = world_communicator();  // MPI when started by mpirun

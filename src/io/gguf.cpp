@@ -663,7 +663,19 @@ namespace {
 uint64_t padding(uint64_t offset, uint64_t align) { return (align - offset % align) % align; }
 }  // namespace
 
-void GgufWriter::write(const std::string& path) const {
+GgufWriter GgufWriter::slice(size_t begin, size_t end, bool with_metadata) const {
+  if (begin > end || end > tensors_.size()) fail("GGUF slice [{}, {}) of {} tensors", begin, end, tensors_.size());
+  GgufWriter out;
+  if (with_metadata) out.kv_ = kv_, out.kv_index_ = kv_index_;
+  else if (alignment() != kGgufDefaultAlignment) out.set_alignment(alignment());
+  for (size_t i = begin; i < end; ++i) {
+    out.tensor_index_.emplace(tensors_[i].info.name, out.tensors_.size());
+    out.tensors_.push_back(tensors_[i]);
+  }
+  return out;
+}
+
+std::vector<uint8_t> GgufWriter::header() const {
   const uint64_t align = alignment();
   std::vector<uint8_t> header(kMagic, kMagic + 4);
   append_pod<uint32_t>(header, 3);
@@ -685,14 +697,35 @@ void GgufWriter::write(const std::string& path) const {
     append_pod<uint64_t>(header, offset);
     offset += t.info.nbytes + padding(t.info.nbytes, align);
   }
+  return header;
+}
 
-  AtomicFile out(path);
-  out.write(header.data(), header.size());
-  out.write_zeros(padding(out.offset(), align));
+uint64_t GgufWriter::file_size() const {
+  const uint64_t align = alignment();
+  uint64_t n = header().size();
+  n += padding(n, align);
+  for (const auto& t : tensors_) n += t.info.nbytes + padding(t.info.nbytes, align);
+  return n;
+}
+
+void GgufWriter::write_to(const std::function<void(const void*, size_t)>& sink) const {
+  static const uint8_t kZeros[4096] = {};
+  auto zeros = [&](uint64_t n) {
+    for (; n > 0; n -= std::min<uint64_t>(n, sizeof kZeros)) sink(kZeros, size_t(std::min<uint64_t>(n, sizeof kZeros)));
+  };
+  const uint64_t align = alignment();
+  const std::vector<uint8_t> h = header();
+  sink(h.data(), h.size());
+  zeros(padding(h.size(), align));
   for (const auto& t : tensors_) {
-    out.write(t.data, t.info.nbytes);
-    out.write_zeros(padding(t.info.nbytes, align));
+    if (t.info.nbytes) sink(t.data, size_t(t.info.nbytes));
+    zeros(padding(t.info.nbytes, align));
   }
+}
+
+void GgufWriter::write(const std::string& path) const {
+  AtomicFile out(path);
+  write_to([&](const void* p, size_t n) { out.write(p, n); });
   out.commit();
 }
 

@@ -16,6 +16,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -179,8 +180,17 @@ class GgufWriter {
                   const void* data, size_t nbytes);
 
   const std::vector<GgufKV>& metadata() const { return kv_; }
+  size_t tensor_count() const { return tensors_.size(); }
+  uint64_t tensor_nbytes(size_t i) const { return tensors_.at(i).info.nbytes; }
+  // Tensors [begin, end) (the same buffers) with every metadata entry, or with none but the
+  // alignment: the pieces of a GGUF split (src/io/shards.cpp).
+  GgufWriter slice(size_t begin, size_t end, bool with_metadata) const;
+
   // Writes atomically (temporary file, fsync, rename); throws Error naming `path`.
   void write(const std::string& path) const;
+  // The file's bytes, in order, in pieces through `sink`; file_size() of them in all.
+  void write_to(const std::function<void(const void*, size_t)>& sink) const;
+  uint64_t file_size() const;
 
  private:
   struct PendingTensor {
@@ -188,6 +198,7 @@ class GgufWriter {
     const void* data;
   };
   uint32_t alignment() const;
+  std::vector<uint8_t> header() const;  // up to the tensor data, without the padding after it
 
   std::vector<GgufKV> kv_;
   std::unordered_map<std::string, size_t> kv_index_;

@@ -10,6 +10,7 @@
 #include "io/gguf.h"
 #include "io/llama_tensors.h"
 #include "io/model_io.h"
+#include "io/shards.h"
 #include "io/untrusted.h"
 #include "quantkit/error.h"
 #include "quantkit/mapped_file.h"
@@ -409,15 +410,18 @@ void add_tensors(GgufWriter& w, const ModelFile& m, std::vector<std::vector<uint
 }  // namespace
 
 ModelFile load_gguf_model(const std::string& path) {
-  GgufReader reader(path);
+  const std::vector<std::unique_ptr<GgufReader>> shards = open_gguf_split(path);
+  const GgufReader& reader = *shards[0];  // a split's metadata is in its first shard
   Meta meta(reader);
   check_architecture(meta);
 
   ModelFile m;
   m.path = path;
   m.container = "gguf";
-  m.tensors = reader.tensors();
-  m.storage.push_back(reader.mapping());
+  for (const auto& r : shards) {
+    m.tensors.insert(m.tensors.end(), r->tensors().begin(), r->tensors().end());
+    m.storage.push_back(r->mapping());
+  }
   unpack_quantkit_tensors(meta, m);
   m.vocab = load_vocab(meta, m);
   m.config = load_config(meta, m);
@@ -426,11 +430,13 @@ ModelFile load_gguf_model(const std::string& path) {
   return m;
 }
 
-void save_gguf_model(const ModelFile& m, const std::string& path) {
+namespace {
+
+// The whole file of m; permuted copies of tensors go to `owned`, which must outlive writing.
+GgufWriter model_writer(const ModelFile& m, const std::string& path, std::vector<std::vector<uint8_t>>& owned) {
   m.config.validate(m.path);
   check_llama_tensors(m);
   GgufWriter w;
-  std::vector<std::vector<uint8_t>> owned;  // must outlive w.write()
   try {
     add_config(w, m, path);
     add_vocab(w, m);
@@ -438,7 +444,38 @@ void save_gguf_model(const ModelFile& m, const std::string& path) {
   } catch (const Error& e) {
     fail("{}: {}", path, e.what());
   }
-  w.write(path);
+  return w;
+}
+
+}  // namespace
+
+void save_gguf_model(const ModelFile& m, const std::string& path) {
+  std::vector<std::vector<uint8_t>> owned;
+  model_writer(m, path, owned).write(path);
+}
+
+std::vector<std::string> save_gguf_shards(const ModelFile& m, const std::string& path, const ShardLayout& layout) {
+  std::vector<std::vector<uint8_t>> owned;
+  const GgufWriter w = model_writer(m, path, owned);
+  std::vector<uint64_t> bytes;  // as gguf-split balances: data padded to the alignment
+  for (size_t i = 0; i < w.tensor_count(); ++i)
+    bytes.push_back((w.tensor_nbytes(i) + kGgufDefaultAlignment - 1) / kGgufDefaultAlignment * kGgufDefaultAlignment);
+  const std::vector<int> shard = plan_shards(bytes, layout.count, path);
+  std::vector<OutputFile> files;
+  for (size_t begin = 0; begin < shard.size();) {
+    const int k = shard[begin];
+    size_t end = begin;
+    while (end < shard.size() && shard[end] == k) ++end;
+    GgufWriter part = w.slice(begin, end, k == 0);  // the metadata in the first shard, as gguf-split
+    part.set(kGgufSplitNo, GgufValue::u16(uint16_t(k)));
+    part.set(kGgufSplitCount, GgufValue::u16(uint16_t(layout.count)));
+    part.set(kGgufSplitTensors, GgufValue::i32(int32_t(w.tensor_count())));
+    OutputFile f{shard_path(path, k, layout.count), part.file_size(), k == 0, {}};
+    f.write = [part = std::move(part)](const ByteSink& sink) { part.write_to(sink); };
+    files.push_back(std::move(f));
+    begin = end;
+  }
+  return write_files(layout.comm, files);
 }
 
 }  // namespace quantkit

@@ -283,7 +283,7 @@ void expect_shape(const std::string& file, const std::string& module, const Tens
 
 }  // namespace
 
-GptqReport save_gptq_safetensors(const ModelFile& m, const std::string& dir, uint64_t max_shard_bytes) {
+GptqReport save_gptq_safetensors(const ModelFile& m, const std::string& dir, const ShardLayout& shards) {
   m.config.validate(m.path);
   check_llama_tensors(m);  // fail before anything is written
   std::vector<Linear> linears = block_linears(m);
@@ -321,7 +321,7 @@ GptqReport save_gptq_safetensors(const ModelFile& m, const std::string& dir, uin
   const json qc = quantization_config(s, modules_to_quantize(linears, m.config.n_layers));
   json config = hf_config_json(m, DType::F16);
   config["quantization_config"] = qc;
-  write_hf_folder(m, dir, tensors, config, &qc, max_shard_bytes);
+  write_hf_folder(m, dir, tensors, config, &qc, shards);
   return report;
 }
 

@@ -456,12 +456,12 @@ int hf_permuted_heads(const ModelFile& m, const std::string& name) { return qk_h
 
 void write_hf_folder(const ModelFile& m, const std::string& dir, const std::vector<SafetensorsTensor>& tensors,
                      const nlohmann::ordered_json& config, const nlohmann::ordered_json* quantize_config,
-                     uint64_t max_shard_bytes) {
+                     const ShardLayout& shards) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir, ec)) fail("{}: cannot create folder: {}", dir, ec.message());
   // transformers refuses safetensors files whose metadata lacks format "pt".
-  write_safetensors_sharded(dir, tensors, {{"format", "pt"}}, max_shard_bytes);
+  write_safetensors_sharded(dir, tensors, {{"format", "pt"}}, shards);
 
   // Stale side files would be loaded with the new weights.
   const fs::path vocab_path = fs::path(dir) / kVocabFile;
@@ -478,7 +478,7 @@ void write_hf_folder(const ModelFile& m, const std::string& dir, const std::vect
   write_json_file((fs::path(dir) / kConfigFile).string(), config);
 }
 
-void save_safetensors_model(const ModelFile& m, const std::string& dir, DType dtype, uint64_t max_shard_bytes) {
+void save_safetensors_model(const ModelFile& m, const std::string& dir, DType dtype, const ShardLayout& shards) {
   if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16)
     fail("{}: safetensors output type must be f32, f16 or bf16, not {}", dir, dtype_name(dtype));
   m.config.validate(m.path);
@@ -488,7 +488,7 @@ void save_safetensors_model(const ModelFile& m, const std::string& dir, DType dt
     if (v.name == "output.weight" && m.config.tied_embeddings) continue;
     tensors.push_back(hf_tensor(m, v, dtype));
   }
-  write_hf_folder(m, dir, tensors, config_json(m, dtype), nullptr, max_shard_bytes);
+  write_hf_folder(m, dir, tensors, config_json(m, dtype), nullptr, shards);
 }
 
 }  // namespace quantkit

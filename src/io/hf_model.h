@@ -22,12 +22,12 @@ SafetensorsTensor hf_float_tensor(const ModelFile& m, const TensorView& v, DType
 // Heads whose rows must be permuted from Normal to NeoX for tensor `name` of m; 0 if none.
 int hf_permuted_heads(const ModelFile& m, const std::string& name);
 
-// Writes a Hugging Face folder: the tensors (sharded past max_shard_bytes), the tokenizer
+// Writes a Hugging Face folder: the tensors (sharded as `shards` says), the tokenizer
 // (quantkit_vocab.json), quantize_config.json when given (else a stale one is removed), and
 // config.json last, so the folder is a loadable model only once everything is in place.
 void write_hf_folder(const ModelFile& m, const std::string& dir, const std::vector<SafetensorsTensor>& tensors,
                      const nlohmann::ordered_json& config, const nlohmann::ordered_json* quantize_config,
-                     uint64_t max_shard_bytes);
+                     const ShardLayout& shards);
 
 // ---- GPTQ checkpoints (src/io/gptq_checkpoint.cpp) ----
 

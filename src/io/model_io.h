@@ -4,14 +4,19 @@
 #include <string>
 #include <vector>
 
+#include "io/shards.h"
 #include "quantkit/model_file.h"
 
 namespace quantkit {
 
 // GGUF (src/io/gguf_model.cpp). Writes m.tensors with their own types and bytes, plus
 // Llama hyper-parameters and the vocabulary as GGUF metadata (what llama.cpp reads).
+// A GGUF split (src/io/shards.h) loads from the path of any of its shards.
 ModelFile load_gguf_model(const std::string& path);
 void save_gguf_model(const ModelFile& m, const std::string& path);
+// The same file as a GGUF split of layout.count shards, named shard_path(path, k, count)
+// (llama.cpp loads it from the first); returns the paths written.
+std::vector<std::string> save_gguf_shards(const ModelFile& m, const std::string& path, const ShardLayout& layout);
 
 // safetensors (src/io/hf_model.cpp): `path` is a .safetensors file (config.json beside
 // it) or a folder with config.json and model.safetensors or model.safetensors.index.json;
@@ -22,10 +27,10 @@ void save_gguf_model(const ModelFile& m, const std::string& path);
 ModelFile load_safetensors_model(const std::string& path);
 // Writes a Hugging Face style folder: config.json, tokenizer vocabulary
 // (quantkit_vocab.json), model.safetensors, or shards + model.safetensors.index.json when the
-// tensors exceed max_shard_bytes. Tensors are converted to `dtype` (F32/F16/BF16);
+// tensors exceed shards.max_bytes or shards.count is set. Tensors are converted to `dtype` (F32/F16/BF16);
 // Q/K are permuted to the NeoX layout when m is in the Normal layout.
 void save_safetensors_model(const ModelFile& m, const std::string& dir, DType dtype,
-                            uint64_t max_shard_bytes = uint64_t(5) << 30);
+                            const ShardLayout& shards = {});
 
 // GPTQ checkpoint (src/io/gptq_checkpoint.cpp): the layout transformers (optimum /
 // AutoGPTQ, quant_method "gptq", checkpoint_format "gptq") and vLLM load. Layer weights in
@@ -48,8 +53,7 @@ struct GptqReport {
   };
   std::vector<Dequantized> dequantized;  // quantized or layer tensors written as fp16, and why
 };
-GptqReport save_gptq_safetensors(const ModelFile& m, const std::string& dir,
-                                 uint64_t max_shard_bytes = uint64_t(5) << 30);
+GptqReport save_gptq_safetensors(const ModelFile& m, const std::string& dir, const ShardLayout& shards = {});
 
 // llama2.c (src/io/llama2c.cpp): checkpoint "version 0" + tokenizer.bin.
 ModelFile load_llama2c_model(const std::string& path, const std::string& tokenizer_path);

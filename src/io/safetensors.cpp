@@ -268,7 +268,7 @@ std::string build_header(const std::string& path, const std::vector<SafetensorsT
   return text;
 }
 
-void write_all(AtomicFile& f, const std::string& path, const std::vector<SafetensorsTensor>& tensors,
+void write_all(const ByteSink& sink, const std::string& path, const std::vector<SafetensorsTensor>& tensors,
                const std::vector<size_t>& order) {
   for (size_t i : order) {
     const auto& t = tensors[i];
@@ -276,9 +276,9 @@ void write_all(AtomicFile& f, const std::string& path, const std::vector<Safeten
     if (t.produce) {
       std::vector<uint8_t> bytes = t.produce();
       if (bytes.size() != n) fail("{}: tensor '{}': produced {} bytes, expected {}", path, t.name, bytes.size(), n);
-      f.write(bytes.data(), bytes.size());
+      sink(bytes.data(), bytes.size());
     } else if (n > 0) {
-      f.write(t.data, size_t(n));
+      sink(t.data, size_t(n));
     }
   }
 }
@@ -290,62 +290,102 @@ void remove_if_exists(const fs::path& p) {
 
 }  // namespace
 
+OutputFile safetensors_output(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  check_writable(path, tensors);
+  auto order = std::make_shared<const std::vector<size_t>>(layout_order(tensors));
+  auto header = std::make_shared<const std::string>(build_header(path, tensors, *order, metadata));
+  OutputFile out;
+  out.path = path;
+  out.size = 8 + header->size();
+  for (const auto& t : tensors) out.size += safetensors_nbytes(t);
+  out.write = [path, tensors, order, header](const ByteSink& sink) {
+    uint8_t len[8];
+    for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(header->size()) >> (8 * i));
+    sink(len, 8);
+    sink(header->data(), header->size());
+    write_all(sink, path, tensors, *order);
+  };
+  return out;
+}
+
 void write_safetensors(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
                        const std::map<std::string, std::string>& metadata) {
-  check_writable(path, tensors);
-  const std::vector<size_t> order = layout_order(tensors);
-  const std::string header = build_header(path, tensors, order, metadata);
-  uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(header.size()) >> (8 * i));
+  const OutputFile o = safetensors_output(path, tensors, metadata);
   AtomicFile f(path);
-  f.write(len, 8);
-  f.write(header.data(), header.size());
-  write_all(f, path, tensors, order);
+  o.write([&](const void* p, size_t n) { f.write(p, n); });
   f.commit();
 }
+
+namespace {
+
+// Shards of `tensors` in order: greedy up to the byte limit, or exactly layout.count.
+std::vector<std::vector<SafetensorsTensor>> cut_shards(const std::string& dir, const std::vector<SafetensorsTensor>& tensors,
+                                                       const ShardLayout& layout) {
+  std::vector<std::vector<SafetensorsTensor>> shards(1);
+  if (layout.count > 0) {
+    std::vector<uint64_t> bytes;
+    for (const auto& t : tensors) bytes.push_back(safetensors_nbytes(t));
+    const std::vector<int> shard = plan_shards(bytes, layout.count, dir);
+    shards.resize(size_t(layout.count));
+    for (size_t i = 0; i < tensors.size(); ++i) shards[size_t(shard[i])].push_back(tensors[i]);
+    return shards;
+  }
+  // Greedy in the caller's order; a tensor larger than the limit gets a shard alone.
+  uint64_t in_shard = 0;
+  for (const auto& t : tensors) {
+    uint64_t n = safetensors_nbytes(t);
+    if (!shards.back().empty() && (n > layout.max_bytes - in_shard)) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(t);
+    in_shard += std::min(n, layout.max_bytes);
+  }
+  return shards;
+}
+
+OutputFile text_output(const std::string& path, std::string text) {
+  OutputFile o;
+  o.path = path;
+  o.size = text.size();
+  o.last = true;
+  o.write = [text = std::move(text)](const ByteSink& sink) { sink(text.data(), text.size()); };
+  return o;
+}
+
+}  // namespace
 
 std::vector<std::string> write_safetensors_sharded(const std::string& dir,
                                                    const std::vector<SafetensorsTensor>& tensors,
                                                    const std::map<std::string, std::string>& metadata,
-                                                   uint64_t max_shard_bytes, const std::string& base) {
-  if (max_shard_bytes == 0) fail("{}: the shard size limit must be positive", dir);
+                                                   const ShardLayout& layout, const std::string& base) {
+  if (layout.max_bytes == 0) fail("{}: the shard size limit must be positive", dir);
   const std::string single = base + ".safetensors", index = base + ".safetensors.index.json";
   uint64_t total = 0;
   for (const auto& t : tensors)
     if (add_overflows(total, safetensors_nbytes(t), &total)) fail("{}: total tensor size overflows", dir);
 
-  if (total <= max_shard_bytes) {
+  if (layout.count == 0 && total <= layout.max_bytes) {
     write_safetensors(join(dir, single).string(), tensors, metadata);
     remove_if_exists(join(dir, index));
     return {single};
   }
 
-  // Greedy in the caller's order; a tensor larger than the limit gets a shard alone.
-  std::vector<std::vector<SafetensorsTensor>> shards(1);
-  uint64_t in_shard = 0;
-  for (const auto& t : tensors) {
-    uint64_t n = safetensors_nbytes(t);
-    if (!shards.back().empty() && (n > max_shard_bytes - in_shard)) {
-      shards.emplace_back();
-      in_shard = 0;
-    }
-    shards.back().push_back(t);
-    in_shard += std::min(n, max_shard_bytes);
-  }
-
+  const std::vector<std::vector<SafetensorsTensor>> shards = cut_shards(dir, tensors, layout);
   std::vector<std::string> written;
+  std::vector<OutputFile> files;
   json weight_map = json::object();
   for (size_t s = 0; s < shards.size(); ++s) {
     std::string name = fmt::format("{}-{:05d}-of-{:05d}.safetensors", base, s + 1, shards.size());
-    write_safetensors(join(dir, name).string(), shards[s], metadata);
+    files.push_back(safetensors_output(join(dir, name).string(), shards[s], metadata));
     for (const auto& t : shards[s]) weight_map[t.name] = name;
     written.push_back(name);
   }
+  // The index last: until it exists the shards are not a model.
   json idx = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  std::string text = idx.dump(2) + "\n";
-  AtomicFile f(join(dir, index).string());
-  f.write(text.data(), text.size());
-  f.commit();
+  files.push_back(text_output(join(dir, index).string(), idx.dump(2) + "\n"));
+  write_files(layout.comm, files);
   remove_if_exists(join(dir, single));
   written.push_back(index);
   return written;

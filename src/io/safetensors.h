@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "io/shards.h"
 #include "quantkit/mapped_file.h"
 #include "quantkit/model_file.h"
 #include "quantkit/tensor.h"
@@ -68,6 +69,9 @@ uint64_t safetensors_nbytes(const SafetensorsTensor& t);
 // element size, as the reference implementation does, so every tensor is aligned.
 void write_safetensors(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+// The same file as an OutputFile (src/io/shards.h): its size and a writer of its bytes.
+OutputFile safetensors_output(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
 
 // A model stored as one .safetensors file or as shards listed by an index
 // (model.safetensors.index.json: {"metadata": {"total_size": n}, "weight_map":
@@ -85,13 +89,16 @@ struct SafetensorsSet {
 SafetensorsSet open_safetensors(const std::string& path);
 
 // Writes `tensors` into `dir` as <base>.safetensors when they total at most
-// max_shard_bytes, else as <base>-00001-of-0000N.safetensors shards plus
-// <base>.safetensors.index.json. Removes a stale single file / index of the other form
-// so the folder stays unambiguous. Returns the file names written (index last).
+// shards.max_bytes (and shards.count is 0), else as <base>-00001-of-0000N.safetensors shards
+// (greedy up to max_bytes, or exactly shards.count balanced by bytes: plan_shards) plus
+// <base>.safetensors.index.json, written last (write_files: by the ranks of shards.comm when
+// set; every rank calls write_files, rank 0 through this function). Removes a stale single
+// file / index of the other form so the folder stays unambiguous. Returns the file names
+// written (index last).
 std::vector<std::string> write_safetensors_sharded(const std::string& dir,
                                                    const std::vector<SafetensorsTensor>& tensors,
                                                    const std::map<std::string, std::string>& metadata,
-                                                   uint64_t max_shard_bytes, const std::string& base = "model");
+                                                   const ShardLayout& shards, const std::string& base = "model");
 
 // ---- Hugging Face Llama helpers (implemented in src/io/hf_model.cpp) ----
 
