@@ -65,12 +65,19 @@ def llama_bench_samples(args, model, prompt, gen, depth):
     return tests[0]["samples_ts"]
 
 
+def llama_cpp_reads(fmt):
+    """quantkit's own formats (spec strings such as int4:g128) are stored as quantkit tensors in
+    the GGUF, which llama.cpp cannot run: those rows show quantkit alone."""
+    return ":" not in fmt
+
+
 def run_round(args, fmt, model, samples):
     """One round of the three runs on one model; appends their samples."""
-    log("bench_peer: %s: llama-bench pp%d ..." % (fmt, args.prompt))
-    samples["pp"]["llama_cpp"] += llama_bench_samples(args, model, args.prompt, 0, 0)
-    log("bench_peer: %s: llama-bench tg%d @ %d ..." % (fmt, args.gen, args.prompt))
-    samples["tg"]["llama_cpp"] += llama_bench_samples(args, model, 0, args.gen, args.prompt)
+    if llama_cpp_reads(fmt):
+        log("bench_peer: %s: llama-bench pp%d ..." % (fmt, args.prompt))
+        samples["pp"]["llama_cpp"] += llama_bench_samples(args, model, args.prompt, 0, 0)
+        log("bench_peer: %s: llama-bench tg%d @ %d ..." % (fmt, args.gen, args.prompt))
+        samples["tg"]["llama_cpp"] += llama_bench_samples(args, model, 0, args.gen, args.prompt)
     log("bench_peer: %s: quantkit bench ..." % fmt)
     qk = run_json([args.quantkit, "bench", "--model", model, "--threads", str(args.threads),
                    "--prompt", str(args.prompt), "--gen", str(args.gen), "--reps", str(args.reps), "--json"])
@@ -86,9 +93,10 @@ def summarize(args, fmt, model, samples, machine_gbs):
     weights = samples["weight_bytes"]
     row = {"format": fmt, "model": model, "weight_gb": weights / 1e9, "samples": samples}
     for k in ("pp", "tg"):
-        row[k] = {tool: stat(samples[k][tool]) for tool in ("quantkit", "llama_cpp")}
-        row[k]["ratio"] = row[k]["quantkit"] / row[k]["llama_cpp"] if row[k]["llama_cpp"] else 0.0
-    row["bandwidth_pct"] = {tool: 100 * weights * row["tg"][tool] / 1e9 / machine_gbs for tool in ("quantkit", "llama_cpp")}
+        row[k] = {tool: stat(samples[k][tool]) if samples[k][tool] else None for tool in ("quantkit", "llama_cpp")}
+        row[k]["ratio"] = row[k]["quantkit"] / row[k]["llama_cpp"] if row[k]["llama_cpp"] else None
+    row["bandwidth_pct"] = {tool: 100 * weights * row["tg"][tool] / 1e9 / machine_gbs if row["tg"][tool] else None
+                            for tool in ("quantkit", "llama_cpp")}
     return row
 
 
@@ -114,11 +122,14 @@ def print_table(args, rows, machine):
                                               "best" if args.stat == "best" else "median", args.reps * args.rounds))
     head = ("format", "GB w", "pp qk", "pp llama", "ratio", "tg qk", "tg llama", "ratio", "%bw qk", "%bw llama")
     print("%-10s %6s %9s %9s %6s %8s %8s %6s %7s %9s" % head)
+    def cell(v, width, fmt="%.2f"):
+        return ("-" if v is None else fmt % v).rjust(width)
     for r in rows:
-        print("%-10s %6.3f %9.2f %9.2f %6.2f %8.2f %8.2f %6.2f %6.1f%% %8.1f%%" % (
-            r["format"], r["weight_gb"], r["pp"]["quantkit"], r["pp"]["llama_cpp"], r["pp"]["ratio"],
-            r["tg"]["quantkit"], r["tg"]["llama_cpp"], r["tg"]["ratio"],
-            r["bandwidth_pct"]["quantkit"], r["bandwidth_pct"]["llama_cpp"]))
+        print(" ".join(["%-10s" % r["format"], cell(r["weight_gb"], 6, "%.3f"),
+                        cell(r["pp"]["quantkit"], 9), cell(r["pp"]["llama_cpp"], 9), cell(r["pp"]["ratio"], 6),
+                        cell(r["tg"]["quantkit"], 8), cell(r["tg"]["llama_cpp"], 8), cell(r["tg"]["ratio"], 6),
+                        cell(r["bandwidth_pct"]["quantkit"], 7, "%.1f%%"),
+                        cell(r["bandwidth_pct"]["llama_cpp"], 9, "%.1f%%")]))
     print("machine: read %.1f GB/s (STREAM copy %.1f, triad %.1f; %d threads, best over the quantkit bench runs)"
           % (machine["read_gbs"], machine["copy_gbs"], machine["triad_gbs"], machine["threads"]))
     print("GB w = weights read per generated token; ratio = quantkit / llama.cpp tokens/s; "
@@ -130,7 +141,9 @@ def main():
     ap.add_argument("--quantkit", required=True, help="the quantkit binary")
     ap.add_argument("--llama-bench", required=True, help="llama.cpp's llama-bench binary")
     ap.add_argument("--models", required=True, help="folder caching the synthetic models")
-    ap.add_argument("--formats", default="q4_0,q8_0,q4_k", help="comma-separated formats (default: q4_0,q8_0,q4_k)")
+    ap.add_argument("--formats", default="q4_0,q8_0,q4_k,int4:g128",
+                    help="comma-separated formats (default: q4_0,q8_0,q4_k,int4:g128; quantkit specs with ':' "
+                         "run in quantkit only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--gen", type=int, default=64)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench-peer`: quantkit against llama.cpp's llama-bench on the same synthetic ~1B Llama
-# in Q4_0, Q8_0 and Q4_K, same threads, one table (bench/bench_peer.py does the runs).
+# in Q4_0, Q8_0 and Q4_K (and quantkit alone in int4:g128), same threads, one table
+# (bench/bench_peer.py does the runs).
 #
 #   scripts/bench-peer.sh [bench_peer.py options, e.g. --formats q4_0 --threads 2 --reps 3]
 #
