@@ -59,7 +59,7 @@ FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?=
 fuzz:
-	@command -v clang++ >/dev/null || { echo "make fuzz needs clang: apt-get install clang libclang-rt-14-dev" >&2; exit 1; }
+	@scripts/install-deps.sh fuzz
 	@CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUANTKIT_FUZZ=ON \
 	  -DQUANTKIT_BENCH=OFF -DQUANTKIT_PYTHON=OFF >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_all
