@@ -36,7 +36,8 @@ class ThreadPool {
   bool stop_ = false;
 };
 
-// The process-wide pool and thread count (`--threads`); also sets OpenBLAS's count.
+// The process-wide pool and thread count (`--threads`). OpenBLAS is held at one thread:
+// callers split its products into blocks that do not depend on the count (determinism).
 ThreadPool& global_pool();
 void set_num_threads(int n);  // n <= 0: hardware concurrency
 int num_threads();

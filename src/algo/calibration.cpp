@@ -54,15 +54,13 @@ bool HessianSum::add_chunk(const float* x, int64_t n, std::vector<double>& scrat
   const int64_t w = width_;
   std::vector<double> xd(x, x + n * w);
   scratch.resize(size_t(w * w));
-  // Single-threaded: OpenBLAS's threaded dsyrk sums in an order that depends on its thread
-  // count, and H must not (outputs are byte-identical for any --threads).
-  const int blas_threads = openblas_get_num_threads();
-  openblas_set_num_threads(1);
+  // One call on this thread (the pool keeps OpenBLAS single-threaded): H's bits must not
+  // depend on --threads.
+  ThreadPool& pool = global_pool();
   cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, int(w), int(n), 1.0, xd.data(), int(w), 0.0, scratch.data(),
               int(w));
-  openblas_set_num_threads(blas_threads);
   std::atomic<bool> ok{true};
-  global_pool().parallel_for(w, [&](int64_t i0, int64_t i1) {
+  pool.parallel_for(w, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const double* row = &scratch[size_t(i * w)];
       ExactSum* out = &terms_[upper_offset(i, w)];

@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <new>
 #include <numeric>
-#include <optional>
 
 #include "kernels/gemm.h"
 #include "quantkit/error.h"
@@ -32,8 +31,9 @@ void cholesky_lower(float* a, int64_t n, Buffer& scratch) {
     if (LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', int(kb), a11, int(n)) != 0)
       fail("GPTQ: the damped Hessian is not positive definite (raise --damp)");
     if (k1 == n) break;
-    // A21 := A21 L11^-T, rows independently; then A22 -= A21 A21^T.
-    global_pool().parallel_for(n - k1, [&](int64_t i0, int64_t i1) {
+    // A21 := A21 L11^-T, rows independently (in fixed blocks: OpenBLAS's bits depend on
+    // where a row falls in its call); then A22 -= A21 A21^T.
+    kernels::for_fixed_blocks(n - k1, kBlock, [&](int64_t i0, int64_t i1) {
       cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, int(i1 - i0), int(kb), 1.0f, a11,
                   int(n), a + (k1 + i0) * n + k0, int(n));
     });
@@ -127,16 +127,6 @@ void lookahead_view(const float* wb, const float* wo, const UpperFactor& v, int6
   for (int64_t i = 0; i < len * rows; ++i) out[size_t(i)] = wo[i] + g[size_t(i)];
 }
 
-// OpenBLAS on one thread while quantkit's pool splits the work, so the two thread pools
-// never compete for the cores; restored on exit.
-struct SingleThreadedBlas {
-  int saved = openblas_get_num_threads();
-  SingleThreadedBlas() { openblas_set_num_threads(1); }
-  ~SingleThreadedBlas() { openblas_set_num_threads(saved); }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-};
-
 // dst[c * rows + r] = src[r * cols + c], in tiles: a column-by-column copy would stride
 // through memory by a power of two.
 void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
@@ -214,13 +204,18 @@ Buffer columns_in_order(const float* w, int64_t rows, int64_t cols, const std::v
 }  // namespace
 
 double hessian_objective(const float* w, const float* q, int64_t rows, int64_t cols, const double* h) {
-  std::vector<double> d(static_cast<size_t>(cols)), hd(static_cast<size_t>(cols));
+  // Rows in parallel, their terms summed in row order: the same total for any --threads.
+  std::vector<double> per_row(static_cast<size_t>(rows));
+  global_pool().parallel_for(rows, [&](int64_t r0, int64_t r1) {
+    std::vector<double> d(static_cast<size_t>(cols)), hd(static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t j = 0; j < cols; ++j) d[size_t(j)] = double(w[r * cols + j]) - double(q[r * cols + j]);
+      cblas_dsymv(CblasRowMajor, CblasUpper, int(cols), 1.0, h, int(cols), d.data(), 1, 0.0, hd.data(), 1);
+      per_row[size_t(r)] = cblas_ddot(int(cols), d.data(), 1, hd.data(), 1);
+    }
+  });
   double total = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < cols; ++j) d[size_t(j)] = double(w[r * cols + j]) - double(q[r * cols + j]);
-    cblas_dsymv(CblasRowMajor, CblasUpper, int(cols), 1.0, h, int(cols), d.data(), 1, 0.0, hd.data(), 1);
-    total += cblas_ddot(int(cols), d.data(), 1, hd.data(), 1);
-  }
+  for (double v : per_row) total += v;
   return total;
 }
 
@@ -248,7 +243,6 @@ GptqResult gptq_quantize(const Format& format, const float* w_in, int64_t rows, 
   const std::vector<int64_t> perm = processing_order(importance, step, opt.act_order);
   const bool natural = std::is_sorted(perm.begin(), perm.end());
   Buffer rev = reversed_hessian(h_in, cols, perm, importance, opt.damp);
-  std::optional<SingleThreadedBlas> blas_guard(std::in_place);
   Buffer scratch;
   const Buffer m = feedback_matrix(rev, cols, step, scratch);
   const UpperFactor v{rev, cols};
@@ -298,7 +292,6 @@ GptqResult gptq_quantize(const Format& format, const float* w_in, int64_t rows, 
     }
     feed_forward(b0, b0, b1, b1, cols);
   }
-  blas_guard.reset();
   res.packed = enc->finish();
   if (opt.compute_objective) {
     std::vector<float> q(size_t(rows * cols));

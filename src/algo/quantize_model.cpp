@@ -16,6 +16,7 @@
 #include "formats/ggml_formats.h"
 #include "dist/quantize_job.h"
 #include "io/llama_tensors.h"
+#include "kernels/gemm.h"
 #include "quantkit/error.h"
 #include "quantkit/fp16.h"
 #include "quantkit/packed_tensor.h"
@@ -368,8 +369,11 @@ HessianError sampled_hessian_error(const float* w, const float* q, int64_t rows,
       e[size_t(i * cols + j)] = double(w[at]) - q[at];
       e[size_t((n + i) * cols + j)] = w[at];
     }
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(2 * n), int(cols), int(cols), 1.0, e.data(), int(cols),
-              h.data(), int(cols), 0.0, eh.data(), int(cols));
+  // Rows in fixed blocks, one single-threaded call each: the bits do not depend on --threads.
+  kernels::for_fixed_blocks(2 * n, 32, [&](int64_t r0, int64_t r1) {
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(r1 - r0), int(cols), int(cols), 1.0,
+                &e[size_t(r0 * cols)], int(cols), h.data(), int(cols), 0.0, &eh[size_t(r0 * cols)], int(cols));
+  });
   HessianError r;
   for (size_t i = 0; i < size_t(n * cols); ++i) r.error += e[i] * eh[i];
   for (size_t i = size_t(n * cols); i < e.size(); ++i) r.reference += e[i] * eh[i];

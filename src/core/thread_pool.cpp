@@ -84,7 +84,10 @@ void set_num_threads(int n) {
   if (n == g_threads && g_pool) return;
   g_threads = n;
   g_pool = std::make_unique<ThreadPool>(n);
-  openblas_set_num_threads(n);
+  // OpenBLAS always runs on the calling thread: callers split products into blocks that do
+  // not depend on n (kernels::for_fixed_blocks). Its own split does, and its edge tiles
+  // round differently from its full ones, so its results would change with --threads.
+  openblas_set_num_threads(1);
 }
 
 int num_threads() {

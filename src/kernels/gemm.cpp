@@ -8,6 +8,7 @@
 #include <immintrin.h>
 #endif
 
+#include "kernels/avx512_state.h"
 #include "quantkit/thread_pool.h"
 
 namespace quantkit::kernels {
@@ -49,6 +50,7 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t k, const float* ap,
     _mm512_storeu_ps(ci, _mm512_add_ps(_mm512_loadu_ps(ci), acc[i][0]));
     _mm512_storeu_ps(ci + 16, _mm512_add_ps(_mm512_loadu_ps(ci + 16), acc[i][1]));
   }
+  clean_avx512_upper_state();  // the 24 accumulators reach zmm16-31; packing code follows
 }
 
 __attribute__((target("avx2,fma"))) void micro_avx2(int64_t k, const float* ap, const float* bp, float* c,
@@ -84,10 +86,13 @@ const Kernel& kernel() {
   return k;
 }
 
+// Rows (or output features) per single-threaded OpenBLAS call.
+constexpr int64_t kBlasBlock = 64;
+
 // Fallback for CPUs without the kernels: a view with a unit stride is a BLAS operand.
 void gemm_acc_blas(int64_t m, int64_t n, int64_t k, View a, View b, float* c, int64_t ldc, float alpha) {
   const bool at = a.cs != 1, bt = b.cs != 1;  // a.rs == 1 / b.rs == 1: transposed operands
-  global_pool().parallel_for(m, [&](int64_t i0, int64_t i1) {
+  for_fixed_blocks(m, kBlasBlock, [&](int64_t i0, int64_t i1) {
     cblas_sgemm(CblasRowMajor, at ? CblasTrans : CblasNoTrans, bt ? CblasTrans : CblasNoTrans, int(i1 - i0), int(n),
                 int(k), alpha, a.p + i0 * a.rs, int(at ? a.cs : a.rs), b.p, int(bt ? b.cs : b.rs), 1.0f, c + i0 * ldc,
                 int(ldc));
@@ -99,6 +104,35 @@ void gemm_acc_blas(int64_t m, int64_t n, int64_t k, View a, View b, float* c, in
 int64_t interleaved(int64_t i, int64_t n) { return i % 2 == 0 ? i / 2 : n - 1 - i / 2; }
 
 }  // namespace
+
+void for_fixed_blocks(int64_t n, int64_t block, const std::function<void(int64_t, int64_t)>& fn) {
+  const int64_t blocks = (n + block - 1) / block;
+  global_pool().parallel_for(blocks, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) fn(b * block, std::min(n, (b + 1) * block));
+  });
+}
+
+// Below this many rows of x, packing w into panels costs more than the kernels gain.
+constexpr int64_t kMinPackedRows = 32;
+
+void matmul_nt(const float* x, int64_t n, const float* w, int64_t out, int64_t in, float* y) {
+  if (n <= 0 || out <= 0) return;
+  if (n >= kMinPackedRows && kernel().fn) {
+    thread_local Buffer packed;
+    std::fill(y, y + n * out, 0.0f);
+    return gemm_acc(n, out, in, View{x, in, 1}, View{w, 1, in}, y, out, packed);
+  }
+  // OpenBLAS runs single-threaded (set_num_threads); its own split would depend on the
+  // thread count and its edge tiles round differently from its full ones.
+  for_fixed_blocks(out, kBlasBlock, [&](int64_t o0, int64_t o1) {
+    const int rows = int(o1 - o0);
+    if (n == 1)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, int(in), 1.0f, w + o0 * in, int(in), x, 1, 0.0f, y + o0, 1);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), rows, int(in), 1.0f, x, int(in), w + o0 * in,
+                  int(in), 0.0f, y + o0, int(out));
+  });
+}
 
 void gemm_acc(int64_t m, int64_t n, int64_t k, View a, View b, float* c, int64_t ldc, Buffer& packed,
               float alpha, bool lower) {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <new>
 #include <vector>
@@ -53,5 +54,13 @@ struct View {
 // `packed` is scratch space, kept by the caller across calls.
 void gemm_acc(int64_t m, int64_t n, int64_t k, View a, View b, float* c, int64_t ldc, Buffer& packed,
               float alpha = 1.0f, bool lower = false);
+
+// fn(begin, end) over [0, n) cut into blocks of `block`, the blocks spread over the pool.
+// The cuts do not depend on the thread count, so a product split this way (one
+// single-threaded OpenBLAS call per block) gives the same bits for any --threads.
+void for_fixed_blocks(int64_t n, int64_t block, const std::function<void(int64_t, int64_t)>& fn);
+
+// y[n, out] = x[n, in] w[out, in]^T, the same bits for any thread count.
+void matmul_nt(const float* x, int64_t n, const float* w, int64_t out, int64_t in, float* y);
 
 }  // namespace quantkit::kernels
