@@ -10,6 +10,7 @@
 
 namespace quantkit::kernels {
 struct BlockQMatrix;
+class CodebookMatrix;
 }
 
 namespace quantkit {
@@ -44,7 +45,11 @@ class DenseLinear : public Linear {
 //  - integer kernels: formats whose weights are integer codes with per-block scales (q4_0,
 //    q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, iq4_nl, int<b> with groups of 32k) are re-laid
 //    losslessly into kernels::BlockQMatrix and multiplied with int8-quantized activations;
-//  - row tiles: other llama.cpp types decode a few rows at a time into a per-thread buffer;
+//  - look-up tables: codebook formats (vq, rvq, grvq) keep their codes and, per token,
+//    a table of codeword . input dot products (kernels/lut_vq.h); prompts longer than
+//    kernels::kLutMaxTokens decode row tiles from the codes instead;
+//  - row tiles: other llama.cpp types, and codebooks too large for a cached table, decode
+//    a few rows at a time into a per-thread buffer;
 //  - whole matrix: other quantkit formats decode the matrix per call (their layout is not
 //    row-separable in general).
 class PackedLinear : public Linear {
@@ -55,7 +60,7 @@ class PackedLinear : public Linear {
   int64_t out_features() const override { return rows_; }
   void forward(const float* x, int64_t n, float* y) const override;
   size_t weight_bytes() const override;
-  // "int8-kernel", "row-tiles" or "whole-matrix".
+  // "int8-kernel", "vq-lut", "row-tiles" or "whole-matrix".
   const char* path() const;
 
  private:
@@ -67,6 +72,7 @@ class PackedLinear : public Linear {
   DType type_;
   std::unique_ptr<Format> format_;                  // DType::QK only
   std::unique_ptr<kernels::BlockQMatrix> kernel_;  // integer-kernel layout, when the format has one
+  std::unique_ptr<kernels::CodebookMatrix> codebook_;  // codes and codebooks of vq / rvq / grvq
   Packed packed_;  // the bytes when there is no kernel layout (llama.cpp types: rows x row bytes)
   int64_t rows_, cols_;
 };

@@ -47,6 +47,8 @@
 #include <numeric>
 #include <optional>
 
+#include "formats/vector_quant.h"
+
 #include "formats/common.h"
 #include "formats/kmeans.h"
 #include "quantkit/fp16.h"
@@ -267,6 +269,14 @@ class CodebookFormat : public Format {
     for (const CodebookBlock& blk : read_blocks(pk))
       for (size_t i = 0; i < blk.indices.size(); ++i) streams[i % size_t(per_vector)].symbols.push_back(blk.indices[i]);
     return streams;
+  }
+
+  // The decoded blocks, for kernels that multiply on the codes (kernels/lut_vq.h).
+  CodebookUnpacked unpack(const Packed& pk) const {
+    CodebookUnpacked u{pk.rows, pk.cols, p_.dim, p_.groups, p_.stages, p_.k, p_.sub_dim(), p_.vectors_per_row(pk.cols), {}};
+    for (CodebookBlock& b : read_blocks(pk))
+      u.blocks.push_back({b.row0, b.rows, b.scale, std::move(b.row_scales), std::move(b.codebooks), std::move(b.indices)});
+    return u;
   }
 
  private:
@@ -854,4 +864,11 @@ Registrar reg_fsq{FormatFamily{
     parse_fsq}};
 
 }  // namespace
+
+std::optional<CodebookUnpacked> unpack_codebook(const Format& f, const Packed& p) {
+  const auto* cf = dynamic_cast<const CodebookFormat*>(&f);
+  if (!cf) return std::nullopt;
+  return cf->unpack(p);
+}
+
 }  // namespace quantkit::formats

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "quantkit/fp16.h"
 
@@ -33,8 +35,15 @@ inline Affine scale_of(const BlockQMatrix& w, int64_t r, int64_t b) {
   return {d, w.has_min ? f16_to_f32(w.m[g]) : -w.offset * d};
 }
 
+// The fastest kernel, or the one QUANTKIT_BLOCKQ_ISA names (to compare kernels on a model).
 const BlockQKernel& isa() {
-  static const BlockQKernel chosen = blockq_kernels().front();
+  static const BlockQKernel chosen = [] {
+    const std::vector<BlockQKernel> all = blockq_kernels();
+    if (const char* want = std::getenv("QUANTKIT_BLOCKQ_ISA"))
+      for (const BlockQKernel& k : all)
+        if (std::strcmp(k.isa, want) == 0) return k;
+    return all.front();
+  }();
   return chosen;
 }
 

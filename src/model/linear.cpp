@@ -1,27 +1,17 @@
 #include "quantkit/linear.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <optional>
 
 #include "quantkit/error.h"
 #include "kernels/block_q.h"
+#include "kernels/gemm.h"
+#include "kernels/lut_vq.h"
 #include "quantkit/packed_tensor.h"
 #include "quantkit/thread_pool.h"
 
 namespace quantkit {
 namespace {
-
-// y[n, out] = x[n, in] * w[out, in]^T
-void gemm_rows(const float* w, int64_t out, int64_t in, const float* x, int64_t n, float* y) {
-  if (n == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, int(out), int(in), 1.0f, w, int(in), x, 1, 0.0f, y, 1);
-    return;
-  }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(out), int(in), 1.0f, x, int(in), w, int(in), 0.0f,
-              y, int(out));
-}
 
 bool is_plain_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
 
@@ -32,7 +22,7 @@ DenseLinear::DenseLinear(Tensor w) : w_(std::move(w)) {
 }
 
 void DenseLinear::forward(const float* x, int64_t n, float* y) const {
-  gemm_rows(w_.data.data(), out_features(), in_features(), x, n, y);
+  kernels::matmul_nt(x, n, w_.data.data(), out_features(), in_features(), y);
 }
 
 PackedLinear::PackedLinear(const TensorView& w) : type_(w.type) {
@@ -44,6 +34,11 @@ PackedLinear::PackedLinear(const TensorView& w) : type_(w.type) {
     format_ = make_format(w.format);
     packed_ = packed_of(w);
     k = kernels::blockq_from_int(w.format, packed_, cols_);
+    if (!k)
+      if (auto cb = kernels::CodebookMatrix::from_packed(*format_, packed_, cols_)) {
+        codebook_ = std::make_unique<kernels::CodebookMatrix>(std::move(*cb));
+        packed_ = {};  // the codes and codebooks hold the same information
+      }
   } else {
     const size_t need = dtype_row_bytes(w.type, cols_) * size_t(rows_);
     if (w.nbytes < need) fail("tensor '{}' holds {} bytes, needs {}", w.name, w.nbytes, need);
@@ -59,10 +54,14 @@ PackedLinear::PackedLinear(const TensorView& w) : type_(w.type) {
 
 PackedLinear::~PackedLinear() = default;
 
-size_t PackedLinear::weight_bytes() const { return kernel_ ? kernel_->bytes() : packed_.bytes.size(); }
+size_t PackedLinear::weight_bytes() const {
+  if (codebook_) return codebook_->bytes();
+  return kernel_ ? kernel_->bytes() : packed_.bytes.size();
+}
 
 const char* PackedLinear::path() const {
   if (kernel_) return "int8-kernel";
+  if (codebook_) return codebook_->lut() ? "vq-lut" : "row-tiles";
   return format_ ? "whole-matrix" : "row-tiles";
 }
 
@@ -75,7 +74,8 @@ bool int8_activations() { return g_int8_activations; }
 
 void PackedLinear::forward(const float* x, int64_t n, float* y) const {
   if (kernel_ && g_int8_activations) return forward_int8(x, n, y);
-  if (!kernel_ && format_) return forward_whole(x, n, y);
+  if (codebook_ && codebook_->lut() && n <= kernels::kLutMaxTokens) return codebook_->matmul(x, n, y);
+  if (!kernel_ && !codebook_ && format_) return forward_whole(x, n, y);
   forward_row_tiles(x, n, y);
 }
 
@@ -99,6 +99,7 @@ void PackedLinear::decode_rows(int64_t r0, int64_t nr, float* out) const {
     for (int64_t r = 0; r < nr; ++r) kernel_->decode_row(r0 + r, out + r * cols_);
     return;
   }
+  if (codebook_) return codebook_->decode_rows(r0, nr, out);
   dequantize(type_, packed_.bytes.data() + size_t(r0) * dtype_row_bytes(type_, cols_), out, nr * cols_);
 }
 
@@ -113,14 +114,7 @@ void PackedLinear::forward_row_tiles(const float* x, int64_t n, float* y) const 
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * kTile, nr = std::min(kTile, rows_ - r0);
       decode_rows(r0, nr, w.data());
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t r = 0; r < nr; ++r) {
-          const float* wr = w.data() + r * cols_;
-          const float* xi = x + i * cols_;
-          float acc = 0.0f;
-          for (int64_t c = 0; c < cols_; ++c) acc += wr[c] * xi[c];
-          y[i * rows_ + r0 + r] = acc;
-        }
+      kernels::tile_dot(w.data(), nr, cols_, x, n, cols_, cols_, y + r0, rows_);
     }
   });
 }
@@ -129,7 +123,7 @@ void PackedLinear::forward_whole(const float* x, int64_t n, float* y) const {
   thread_local std::vector<float> scratch;
   scratch.resize(size_t(rows_ * cols_));
   dequantize_cropped(*format_, packed_, cols_, scratch.data());
-  gemm_rows(scratch.data(), rows_, cols_, x, n, y);
+  kernels::matmul_nt(x, n, scratch.data(), rows_, cols_, y);
 }
 
 std::unique_ptr<Linear> make_linear(const TensorView& w) {
