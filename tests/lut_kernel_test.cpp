@@ -55,6 +55,24 @@ Prepared prepare(const Case& c) {
 
 class LutKernel : public testing::TestWithParam<Case> {};
 
+// y (n tokens) equals w . x in double within float rounding: each product and partial sum
+// rounds once in float, |error| <= (cols + 8) * 2^-24 * sum|w x|.
+void expect_matches_fp32(const Case& c, const Prepared& p, const std::vector<float>& x, const std::vector<float>& y,
+                         int64_t n) {
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < c.rows; ++r) {
+      double ref = 0, mag = 0;
+      for (int64_t j = 0; j < c.cols; ++j) {
+        const double prod = double(p.w[size_t(r * c.cols + j)]) * x[size_t(t * c.cols + j)];
+        ref += prod;
+        mag += std::fabs(prod);
+      }
+      const double bound = double(c.cols + 8) * 0x1p-24 * mag + 1e-30;
+      ASSERT_LE(std::fabs(y[size_t(t * c.rows + r)] - ref), bound)
+          << c.spec << " n " << n << " token " << t << " row " << r;
+    }
+}
+
 }  // namespace
 
 TEST_P(LutKernel, MatchesDequantizeThenFp32) {
@@ -67,19 +85,7 @@ TEST_P(LutKernel, MatchesDequantizeThenFp32) {
     for (int64_t j = 0; j < n * c.cols; j += 11) x[size_t(j)] *= 10.0f;
     std::vector<float> y(size_t(n * c.rows), NAN);
     p.lin->forward(x.data(), n, y.data());
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t r = 0; r < c.rows; ++r) {
-        double ref = 0, mag = 0;
-        for (int64_t j = 0; j < c.cols; ++j) {
-          const double prod = double(p.w[size_t(r * c.cols + j)]) * x[size_t(t * c.cols + j)];
-          ref += prod;
-          mag += std::fabs(prod);
-        }
-        // Each product and partial sum rounds once in float: |error| <= cols * 2^-24 * sum|w x|.
-        const double bound = double(c.cols + 8) * 0x1p-24 * mag + 1e-30;
-        ASSERT_LE(std::fabs(y[size_t(t * c.rows + r)] - ref), bound)
-            << c.spec << " n " << n << " token " << t << " row " << r;
-      }
+    expect_matches_fp32(c, p, x, y, n);
   }
 }
 
@@ -113,14 +119,5 @@ TEST(LutKernelFallback, LargeCodebookUsesRowTiles) {
   EXPECT_STREQ(p.lin->path(), "row-tiles");
   std::vector<float> x = qk_test::gaussian(size_t(3 * c.cols), 23), y(size_t(3 * c.rows));
   p.lin->forward(x.data(), 3, y.data());
-  for (int64_t t = 0; t < 3; ++t)
-    for (int64_t r = 0; r < c.rows; ++r) {
-      double ref = 0, mag = 0;
-      for (int64_t j = 0; j < c.cols; ++j) {
-        const double prod = double(p.w[size_t(r * c.cols + j)]) * x[size_t(t * c.cols + j)];
-        ref += prod;
-        mag += std::fabs(prod);
-      }
-      ASSERT_LE(std::fabs(y[size_t(t * c.rows + r)] - ref), double(c.cols + 8) * 0x1p-24 * mag + 1e-30);
-    }
+  expect_matches_fp32(c, p, x, y, 3);
 }
