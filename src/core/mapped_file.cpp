@@ -64,8 +64,28 @@ void install_cleanup_handlers() {
 // Creates a unique file from `tmpl` (ending in XXXXXX) inside a slot; returns its fd and
 // slot (-1 when every slot is taken or the path is too long: the file is then only
 // removed by the destructor, not on a signal).
+// The cleanup signals are blocked while a file is created and registered: one arriving
+// between mkstemp and kLive would otherwise leave the new file behind (it is delivered, and
+// the file removed, when the mask is restored).
+class CleanupSignalsBlocked {
+ public:
+  CleanupSignalsBlocked() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int sig : kCleanupSignals) sigaddset(&set, sig);
+    ::pthread_sigmask(SIG_BLOCK, &set, &old_);
+  }
+  ~CleanupSignalsBlocked() { ::pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  CleanupSignalsBlocked(const CleanupSignalsBlocked&) = delete;
+  CleanupSignalsBlocked& operator=(const CleanupSignalsBlocked&) = delete;
+
+ private:
+  sigset_t old_;
+};
+
 int create_registered_temp(std::string& tmpl, int* slot_out) {
   install_cleanup_handlers();
+  const CleanupSignalsBlocked blocked;
   *slot_out = -1;
   if (tmpl.size() < kTempPathMax)
     for (int i = 0; i < kTempSlots; ++i) {
