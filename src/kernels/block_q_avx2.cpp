@@ -3,11 +3,11 @@
 #include <cstdint>
 
 #include "kernels/block_q.h"
+#include "kernels/target_region.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+QK_TARGET_BEGIN("avx2,fma,f16c")
 #define QK_VNNI 0
 
 namespace quantkit::kernels {
@@ -19,5 +19,5 @@ void blockq_matmul_avx2(const BlockQMatrix& w, const Q8Activations& a, float* y,
 }
 }  // namespace quantkit::kernels
 
-#pragma GCC pop_options
+QK_TARGET_END
 #endif

@@ -5,11 +5,11 @@
 
 #include "kernels/avx512_state.h"
 #include "kernels/block_q.h"
+#include "kernels/target_region.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+QK_TARGET_BEGIN("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
 #define QK_VNNI 1
 
 namespace quantkit::kernels {
@@ -22,5 +22,5 @@ void blockq_matmul_avx512(const BlockQMatrix& w, const Q8Activations& a, float* 
 }
 }  // namespace quantkit::kernels
 
-#pragma GCC pop_options
+QK_TARGET_END
 #endif

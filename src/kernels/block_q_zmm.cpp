@@ -14,11 +14,11 @@
 
 #include "kernels/avx512_state.h"
 #include "kernels/block_q.h"
+#include "kernels/target_region.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+QK_TARGET_BEGIN("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wuninitialized reports.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -251,5 +251,5 @@ void blockq_matmul_avx512_zmm(const BlockQMatrix& w, const Q8Activations& a, flo
 
 }  // namespace quantkit::kernels
 
-#pragma GCC pop_options
+QK_TARGET_END
 #endif
