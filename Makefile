@@ -54,16 +54,18 @@ test-asan-fast: asan-build
 
 # libFuzzer (clang + libclang-rt-dev): builds build-fuzz, writes the seed corpus with quantkit's
 # own writers, runs each target FUZZ_SECONDS (one after the other), prints executions and
-# crashes. One target: make fuzz FUZZ_TARGETS=gguf. Findings: build-fuzz/fuzz-crashes/.
+# crashes. One target: make fuzz FUZZ_TARGETS=gguf. A fixed count: FUZZ_RUNS=10000000. Findings: build-fuzz/fuzz-crashes/.
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?=
+FUZZ_RUNS ?=
+FUZZ_SANITIZERS ?= address,undefined
 fuzz:
 	@scripts/install-deps.sh fuzz
-	@CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUANTKIT_FUZZ=ON \
+	@CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUANTKIT_FUZZ=ON -DQUANTKIT_FUZZ_SANITIZERS=$(FUZZ_SANITIZERS) \
 	  -DQUANTKIT_BENCH=OFF -DQUANTKIT_PYTHON=OFF >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_all
-	@fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+	@FUZZ_RUNS=$(FUZZ_RUNS) fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	rm -rf $(BUILD)

@@ -137,7 +137,14 @@ void expect_write_interrupted(int sig, const std::string& name) {
     // Every tensor stored as f32: quantizing is instant, writing the 14 MB output is not.
     const pid_t pid = spawn_quantize(out, {"-f", "q8_0", "--override", ".*=f32"});
     const bool seen = wait_for_temp(pid, dir, 60000);
-    if (seen) ::kill(pid, SIGSTOP);
+    if (seen) {
+      // kill() only queues SIGSTOP: wait until the child has really stopped, or it may
+      // still rename its temporary after the check below.
+      int stopped = 0;
+      ::kill(pid, SIGSTOP);
+      ASSERT_EQ(waitpid(pid, &stopped, WUNTRACED), pid);
+      if (!WIFSTOPPED(stopped)) continue;  // it finished first (reaped): try again
+    }
     if (!seen || temp_files(dir).empty()) {  // too late: let it finish and try again
       ::kill(pid, SIGCONT);
       int status;

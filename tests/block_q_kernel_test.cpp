@@ -68,8 +68,6 @@ Prepared prepare(const Case& c, uint64_t seed) {
 
 class BlockQKernel : public testing::TestWithParam<Case> {};
 
-}  // namespace
-
 // The re-layout is lossless: every row decodes to the format's own dequantization (K-quants
 // and asymmetric ints store their scale products in fp16: relative 2^-11 of the offset).
 TEST_P(BlockQKernel, LayoutDecodesToTheFormatsWeights) {
@@ -88,34 +86,83 @@ TEST_P(BlockQKernel, LayoutDecodesToTheFormatsWeights) {
   EXPECT_LE(max_err, rounded_scales ? 2e-3 * max_w : 0.0) << c.spec;
 }
 
+// y (n tokens x c.rows, rows [r0, r1) written) against the FP32 product of the format's
+// weights, within the activation-rounding bound.
+void expect_within_activation_bound(const Case& c, const Prepared& p, const std::vector<float>& x,
+                                    const kernels::Q8Activations& a, const std::vector<float>& y, const char* isa,
+                                    int64_t r0 = 0, int64_t r1 = -1) {
+  if (r1 < 0) r1 = c.rows;
+  for (int64_t t = 0; t < a.n; ++t)
+    for (int64_t r = r0; r < r1; ++r) {
+      double ref = 0, bound = 0, mag = 0;
+      for (int64_t b = 0; b < p.k.blocks_per_row; ++b) {
+        double wsum = 0;
+        for (int64_t j = b * 32; j < std::min(c.cols, b * 32 + 32); ++j) {
+          const double wv = p.w[size_t(r * c.cols + j)], xv = x[size_t(t * c.cols + j)];
+          ref += wv * xv;
+          wsum += std::fabs(wv);
+          mag += std::fabs(wv * xv);
+        }
+        bound += 0.5 * a.d[size_t(t * a.blocks + b)] * wsum;
+      }
+      const double slack = 1e-5 * mag + (p.k.has_min ? 2e-3 * mag : 0.0);
+      ASSERT_LE(std::fabs(y[size_t(t * c.rows + r)] - ref), bound + slack + 1e-7)
+          << isa << " " << c.spec << " token " << t << " row " << r;
+    }
+}
+
+std::vector<float> test_activations(const Case& c, int64_t n) {
+  std::vector<float> x = qk_test::gaussian(size_t(n * c.cols), 13);
+  for (int64_t j = 0; j < n * c.cols; j += 13) x[size_t(j)] *= 10.0f;
+  return x;
+}
+
+}  // namespace
+
 TEST_P(BlockQKernel, EveryKernelMatchesTheReferenceWithinTheActivationBound) {
   const Case c = GetParam();
   const Prepared p = prepare(c, 12);
   const int64_t n = 6;  // one full token tile and a remainder
-  std::vector<float> x = qk_test::gaussian(size_t(n * c.cols), 13);
-  for (int64_t j = 0; j < n * c.cols; j += 13) x[size_t(j)] *= 10.0f;
+  const std::vector<float> x = test_activations(c, n);
   kernels::Q8Activations a;
   kernels::quantize_activations(x.data(), n, c.cols, p.k.blocks_per_row, a);
   for (const auto& kern : kernels::blockq_kernels()) {
     std::vector<float> y(static_cast<size_t>(n * c.rows), NAN);
     kern.fn(p.k, a, y.data(), c.rows, 0, c.rows);
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t r = 0; r < c.rows; ++r) {
-        double ref = 0, bound = 0, mag = 0;
-        for (int64_t b = 0; b < p.k.blocks_per_row; ++b) {
-          double wsum = 0;
-          for (int64_t j = b * 32; j < std::min(c.cols, b * 32 + 32); ++j) {
-            const double wv = p.w[size_t(r * c.cols + j)], xv = x[size_t(t * c.cols + j)];
-            ref += wv * xv;
-            wsum += std::fabs(wv);
-            mag += std::fabs(wv * xv);
-          }
-          bound += 0.5 * a.d[size_t(t * a.blocks + b)] * wsum;
-        }
-        const double slack = 1e-5 * mag + (p.k.has_min ? 2e-3 * mag : 0.0);
-        ASSERT_LE(std::fabs(y[size_t(t * c.rows + r)] - ref), bound + slack + 1e-7)
-            << kern.isa << " " << c.spec << " token " << t << " row " << r;
-      }
+    expect_within_activation_bound(c, p, x, a, y, kern.isa);
+  }
+}
+
+// The 16-row interleaved layout decodes to the same weights, and its kernel (8-token tiles
+// and every remainder, a partial last group, a range starting at a later group) stays
+// within the same bound. Skipped on CPUs without AVX-512 VNNI.
+TEST_P(BlockQKernel, InterleavedSixteenRowKernelMatchesTheReference) {
+  if (!kernels::blockq_i16_supported()) GTEST_SKIP() << "no AVX-512 VNNI";
+  const Case c = GetParam();
+  Prepared p = prepare(c, 12);
+  BlockQMatrix i16 = p.k;
+  ASSERT_TRUE(kernels::blockq_interleave16(i16));
+  ASSERT_EQ(i16.row_group, 16);
+  std::vector<float> want(size_t(c.cols)), got(size_t(c.cols));
+  for (int64_t r = 0; r < c.rows; ++r) {
+    p.k.decode_row(r, want.data());
+    i16.decode_row(r, got.data());
+    ASSERT_EQ(want, got) << c.spec << " row " << r;
+  }
+  for (const int64_t n : {1, 3, 8, 11, 17}) {
+    const std::vector<float> x = test_activations(c, n);
+    kernels::Q8Activations a;
+    kernels::quantize_activations(x.data(), n, c.cols, p.k.blocks_per_row, a);
+    std::vector<float> y(static_cast<size_t>(n * c.rows), NAN);
+    kernels::blockq_matmul(i16, a, y.data(), c.rows, 0, c.rows);
+    expect_within_activation_bound(c, p, x, a, y, "avx512-vnni-i16");
+    if (c.rows > 16) {  // a later range leaves the rows before it untouched
+      std::vector<float> y2(static_cast<size_t>(n * c.rows), NAN);
+      kernels::blockq_matmul(i16, a, y2.data(), c.rows, 16, c.rows);
+      expect_within_activation_bound(c, p, x, a, y2, "avx512-vnni-i16 from row 16", 16, c.rows);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = 0; r < 16; ++r) ASSERT_TRUE(std::isnan(y2[size_t(t * c.rows + r)]));
+    }
   }
 }
 

@@ -17,10 +17,19 @@ void blockq_matmul_avx512_zmm(const BlockQMatrix& w, const Q8Activations& a, flo
 
 namespace {
 
-// v(c) of code j of a block.
-inline int code_value(const BlockQMatrix& w, const uint8_t* block, int j) {
-  if (w.kind == CodeKind::S8) return int8_t(block[j]);
-  const int c = j < 16 ? block[j] & 0x0f : block[j - 16] >> 4;
+// Byte k of block b of row r as the row-major layout stores it (either layout).
+inline uint8_t block_byte(const BlockQMatrix& w, int64_t r, int64_t b, int k) {
+  const int64_t cb = w.code_bytes();
+  if (w.row_group == 1) return w.q[size_t((r * w.blocks_per_row + b) * cb + k)];
+  const int64_t words = cb / 4, g = r / 16;
+  const uint8_t v = w.q[size_t(((g * w.blocks_per_row + b) * words + k / 4) * 64 + (r % 16) * 4 + k % 4)];
+  return w.kind == CodeKind::S8 ? uint8_t(v ^ 0x80) : v;
+}
+
+// v(c) of code j of block b of row r.
+inline int code_value(const BlockQMatrix& w, int64_t r, int64_t b, int j) {
+  if (w.kind == CodeKind::S8) return int8_t(block_byte(w, r, b, j));
+  const int c = j < 16 ? block_byte(w, r, b, j) & 0x0f : block_byte(w, r, b, j - 16) >> 4;
   if (w.kind == CodeKind::S4) return c - 8;
   return w.kind == CodeKind::Lut4 ? w.lut[c] : c;
 }
@@ -30,7 +39,8 @@ struct Affine {
 };
 
 inline Affine scale_of(const BlockQMatrix& w, int64_t r, int64_t b) {
-  const int64_t g = r * w.scales_per_row + b / w.blocks_per_scale;
+  const int64_t s = b / w.blocks_per_scale;
+  const int64_t g = w.row_group == 1 ? r * w.scales_per_row + s : ((r / 16) * w.scales_per_row + s) * 16 + r % 16;
   const float d = f16_to_f32(w.d[g]);
   return {d, w.has_min ? f16_to_f32(w.m[g]) : -w.offset * d};
 }
@@ -50,12 +60,10 @@ const BlockQKernel& isa() {
 }  // namespace
 
 void BlockQMatrix::decode_row(int64_t r, float* out) const {
-  const uint8_t* row = q.data() + r * blocks_per_row * code_bytes();
   for (int64_t b = 0; b < blocks_per_row; ++b) {
     const Affine s = scale_of(*this, r, b);
-    const uint8_t* block = row + b * code_bytes();
     for (int j = 0; j < kQBlock && b * kQBlock + j < cols; ++j)
-      out[b * kQBlock + j] = s.d * float(code_value(*this, block, j)) + s.m;
+      out[b * kQBlock + j] = s.d * float(code_value(*this, r, b, j)) + s.m;
   }
 }
 
@@ -65,6 +73,7 @@ void quantize_activations(const float* x, int64_t n, int64_t cols, int64_t block
   a.q.resize(size_t(n * blocks * kQBlock));
   a.d.resize(size_t(n * blocks));
   a.s.resize(size_t(n * blocks));
+  a.qsum.resize(size_t(n * blocks));
   for (int64_t t = 0; t < n; ++t)
     for (int64_t b = 0; b < blocks; ++b) {
       const float* xb = x + t * cols + b * kQBlock;
@@ -80,13 +89,13 @@ void quantize_activations(const float* x, int64_t n, int64_t cols, int64_t block
       }
       a.d[size_t(t * blocks + b)] = d;
       a.s[size_t(t * blocks + b)] = d * float(sum);
+      a.qsum[size_t(t * blocks + b)] = sum;
     }
 }
 
 void blockq_matmul_ref(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0,
                        int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.q.data() + r * w.blocks_per_row * w.code_bytes();
     for (int64_t t = 0; t < a.n; ++t) {
       float acc = 0.0f;
       for (int64_t b = 0; b < w.blocks_per_row; ++b) {
@@ -94,7 +103,7 @@ void blockq_matmul_ref(const BlockQMatrix& w, const Q8Activations& a, float* y, 
         const int64_t ab = t * a.blocks + b;
         const int8_t* xq = a.q.data() + ab * kQBlock;
         int dot = 0;
-        for (int j = 0; j < kQBlock; ++j) dot += code_value(w, row + b * w.code_bytes(), j) * xq[j];
+        for (int j = 0; j < kQBlock; ++j) dot += code_value(w, r, b, j) * xq[j];
         acc += a.d[size_t(ab)] * s.d * float(dot) + s.m * a.s[size_t(ab)];
       }
       y[t * ldy + r] = acc;
@@ -103,10 +112,44 @@ void blockq_matmul_ref(const BlockQMatrix& w, const Q8Activations& a, float* y, 
 }
 
 void blockq_matmul(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if (w.row_group == 16) return blockq_matmul_i16(w, a, y, ldy, r0, r1);
   isa().fn(w, a, y, ldy, r0, r1);
 }
 
-const char* blockq_isa() { return isa().isa; }
+const char* blockq_isa() {
+  const char* want = std::getenv("QUANTKIT_BLOCKQ_ISA");
+  if (blockq_i16_supported() && (!want || std::strcmp(want, "avx512-vnni-i16") == 0)) return "avx512-vnni-i16";
+  return isa().isa;
+}
+
+bool blockq_interleave16(BlockQMatrix& w) {
+  if (w.row_group != 1 || !blockq_i16_supported()) return false;
+  if (const char* want = std::getenv("QUANTKIT_BLOCKQ_ISA"); want && std::strcmp(want, "avx512-vnni-i16") != 0)
+    return false;
+  const int64_t groups = (w.rows + 15) / 16, nb = w.blocks_per_row, cb = w.code_bytes(), words = cb / 4;
+  const int64_t spr = w.scales_per_row;
+  std::vector<uint8_t> q(size_t(groups * nb * 16 * cb), w.kind == CodeKind::S8 ? 0x80 : 0);
+  std::vector<uint16_t> d(size_t(groups * spr * 16), 0), m(w.has_min ? d.size() : 0, 0);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    const int64_t g = r / 16, i = r % 16;
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t k = 0; k < words; ++k) {
+        uint8_t* dst = q.data() + ((g * nb + b) * words + k) * 64 + i * 4;
+        std::memcpy(dst, w.q.data() + (r * nb + b) * cb + k * 4, 4);
+        if (w.kind == CodeKind::S8)
+          for (int e = 0; e < 4; ++e) dst[e] ^= 0x80;
+      }
+    for (int64_t s = 0; s < spr; ++s) {
+      d[size_t((g * spr + s) * 16 + i)] = w.d[size_t(r * spr + s)];
+      if (w.has_min) m[size_t((g * spr + s) * 16 + i)] = w.m[size_t(r * spr + s)];
+    }
+  }
+  w.q = std::move(q);
+  w.d = std::move(d);
+  w.m = std::move(m);
+  w.row_group = 16;
+  return true;
+}
 
 std::vector<BlockQKernel> blockq_kernels() {
   std::vector<BlockQKernel> k;

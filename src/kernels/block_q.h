@@ -43,6 +43,12 @@ struct BlockQMatrix {
   std::vector<uint8_t> q;         // rows * blocks_per_row * code_bytes()
   std::vector<uint16_t> d, m;     // rows * scales_per_row fp16 (m empty unless has_min)
 
+  // 1: rows one after the other (every kernel). 16: interleaved for the 16-row kernel
+  // (blockq_interleave16): per group of 16 rows and block, the 4-byte words of the block's
+  // codes, word-major ([word][row]); S8 codes stored + 128; d and m as [group][scale][row].
+  // Padding rows up to a multiple of 16 have zero codes and scales.
+  int64_t row_group = 1;
+
   int64_t code_bytes() const { return kind == CodeKind::S8 ? 32 : 16; }
   size_t bytes() const { return q.size() + 2 * (d.size() + m.size()); }
   // Reference decode of row r into out[cols] (tests, and formats without a kernel path).
@@ -55,6 +61,7 @@ struct Q8Activations {
   int64_t n = 0, blocks = 0;
   std::vector<int8_t> q;
   std::vector<float> d, s;
+  std::vector<int32_t> qsum;  // sum of the block's q
 };
 
 void quantize_activations(const float* x, int64_t n, int64_t cols, int64_t blocks, Q8Activations& a);
@@ -77,6 +84,17 @@ struct BlockQKernel {
   BlockQMatmulFn fn;
 };
 std::vector<BlockQKernel> blockq_kernels();
+
+// Re-lays w into 16-row groups (row_group = 16) when this CPU runs the 16-row kernel
+// (AVX-512 VNNI) and QUANTKIT_BLOCKQ_ISA does not ask for another kernel; false: w is
+// unchanged. blockq_matmul then wants r0 and r1 on group bounds (or r1 = rows).
+// In a 16-row group one vpdpbusd multiplies 4 codes of each of the 16 rows by 4 broadcast
+// activations, so a block's integer sum stays in one register for 16 rows and its two
+// scales are applied once per 16 rows x 32 weights (llama.cpp repacks for the same reason).
+bool blockq_interleave16(BlockQMatrix& w);
+// The 16-row kernel (w.row_group == 16); a no-op-free call: the CPU must have AVX-512 VNNI.
+void blockq_matmul_i16(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1);
+bool blockq_i16_supported();
 
 // The lossless re-layout of a llama.cpp block type (rows x cols, bytes as in GGUF);
 // nullopt for types without an integer kernel (their layers decode rows instead).

@@ -47,6 +47,7 @@ PackedLinear::PackedLinear(const TensorView& w) : type_(w.type) {
     if (!k) packed_.bytes.assign(src, src + need);
   }
   if (k) {
+    kernels::blockq_interleave16(*k);
     kernel_ = std::make_unique<kernels::BlockQMatrix>(std::move(*k));
     packed_ = {};  // the kernel layout holds the same information
   }
@@ -89,8 +90,10 @@ void PackedLinear::forward_int8(const float* x, int64_t n, float* y) const {
     float* y;
     int64_t ldy;
   } job{kernel_.get(), &act, y, rows_};
-  global_pool().parallel_for(rows_, [&job](int64_t r0, int64_t r1) {
-    kernels::blockq_matmul(*job.w, *job.a, job.y, job.ldy, r0, r1);
+  // Threads take whole row groups of the interleaved layout.
+  const int64_t group = kernel_->row_group, rows = rows_;
+  global_pool().parallel_for((rows + group - 1) / group, [&job, group, rows](int64_t g0, int64_t g1) {
+    kernels::blockq_matmul(*job.w, *job.a, job.y, job.ldy, g0 * group, std::min(rows, g1 * group));
   });
 }
 
