@@ -352,7 +352,7 @@ class GgufParser {
 
   const uint8_t* take(uint64_t n) {
     if (n > remaining())
-      error("truncated file: {} needs {} bytes at offset {}, only {} left", what_, n, pos_, remaining());
+      error("truncated file: {} needs {} bytes at offset {}, only {} left", what(), n, pos_, remaining());
     const uint8_t* p = data_ + pos_;
     pos_ += n;
     return p;
@@ -368,9 +368,9 @@ class GgufParser {
   std::string read_string() {
     uint64_t len = read<uint64_t>();
     if (len > kMaxString)
-      error("{}: string length {} at offset {} exceeds the limit {}", what_, len, pos_ - 8, kMaxString);
+      error("{}: string length {} at offset {} exceeds the limit {}", what(), len, pos_ - 8, kMaxString);
     if (len > remaining())
-      error("truncated file: {}: string of {} bytes at offset {}, only {} left", what_, len, pos_, remaining());
+      error("truncated file: {}: string of {} bytes at offset {}, only {} left", what(), len, pos_, remaining());
     const uint8_t* p = take(len);
     return std::string(reinterpret_cast<const char*>(p), len);
   }
@@ -388,12 +388,12 @@ class GgufParser {
 
   GgufType read_type(const char* role) {
     uint32_t id = read<uint32_t>();
-    if (!gguf_type_valid(id)) error("{}: unknown {} type id {}", what_, role, id);
+    if (!gguf_type_valid(id)) error("{}: unknown {} type id {}", what(), role, id);
     return GgufType(id);
   }
 
   void parse_header() {
-    what_ = "header";
+    at("header");
     if (size_ < 4) error("truncated file: {} bytes, too small for a GGUF header", size_);
     if (std::memcmp(data_, kMagic, 4) != 0)
       error("bad magic {}, not a GGUF file", printable(std::string(reinterpret_cast<const char*>(data_), 4)));
@@ -404,10 +404,10 @@ class GgufParser {
       error("big-endian GGUF files are not supported");
     if (version != 2 && version != 3) error("unsupported GGUF version {} (only versions 2 and 3)", version);
     r_.version_ = version;
-    what_ = "tensor count";
+    at("tensor count");
     n_tensors_ = read<uint64_t>();
     if (n_tensors_ > kMaxTensors) error("tensor count {} exceeds the limit {}", n_tensors_, kMaxTensors);
-    what_ = "metadata count";
+    at("metadata count");
     n_kv_ = read<uint64_t>();
     if (n_kv_ > kMaxKV) error("metadata count {} exceeds the limit {}", n_kv_, kMaxKV);
   }
@@ -417,9 +417,9 @@ class GgufParser {
     // more than the file could hold.
     r_.kv_.reserve(std::min<uint64_t>(n_kv_, remaining() / 13));
     for (uint64_t i = 0; i < n_kv_; ++i) {
-      what_ = fmt::format("key of metadata entry #{}", i);
+      at("key of metadata entry #{}", i);
       std::string key = read_string();
-      what_ = fmt::format("metadata '{}'", printable(key));
+      at("metadata '{}'", key);
       if (r_.kv_index_.count(key)) error("duplicate metadata key '{}'", printable(key));
       check_text(key, "metadata key", kMaxKey);
       GgufType t = read_type("value");
@@ -427,6 +427,7 @@ class GgufParser {
       r_.kv_index_.emplace(key, r_.kv_.size());
       r_.kv_.push_back({std::move(key), std::move(v)});
     }
+    at("tensor infos");  // the context no longer points at a moved-from key
   }
 
   GgufValue read_value(GgufType t, int depth) {
@@ -439,13 +440,13 @@ class GgufParser {
     } else {
       size_t sz = gguf_type_size(t);
       v.bits_ = load_bits(take(sz), sz);
-      if (t == GgufType::Bool && v.bits_ > 1) error("{}: bool value {} is not 0 or 1", what_, v.bits_);
+      if (t == GgufType::Bool && v.bits_ > 1) error("{}: bool value {} is not 0 or 1", what(), v.bits_);
     }
     return v;
   }
 
   void read_array(GgufValue& v, int depth) {
-    if (depth >= kMaxArrayDepth) error("{}: arrays nested deeper than {}", what_, kMaxArrayDepth);
+    if (depth >= kMaxArrayDepth) error("{}: arrays nested deeper than {}", what(), kMaxArrayDepth);
     v.elem_ = read_type("array element");
     uint64_t n = read<uint64_t>();
     // Smallest encoding of one element: its fixed size, a string's length, or a nested
@@ -455,7 +456,7 @@ class GgufParser {
     if (v.elem_ == GgufType::Array) min_elem = 12;
     uint64_t need;
     if (mul_overflows(n, min_elem, &need) || need > remaining())
-      error("{}: array of {} {} elements does not fit in the {} bytes left", what_, n,
+      error("{}: array of {} {} elements does not fit in the {} bytes left", what(), n,
             gguf_type_name(v.elem_), remaining());
     v.count_ = n;
     if (v.elem_ == GgufType::String) {
@@ -472,7 +473,7 @@ class GgufParser {
       const uint8_t* p = take(need);
       if (v.elem_ == GgufType::Bool)
         for (uint64_t i = 0; i < n; ++i)
-          if (p[i] > 1) error("{}: bool array element {} = {} is not 0 or 1", what_, i, p[i]);
+          if (p[i] > 1) error("{}: bool array element {} = {} is not 0 or 1", what(), i, p[i]);
       v.payload_ = std::vector<uint8_t>(p, p + need);
     }
   }
@@ -491,18 +492,19 @@ class GgufParser {
     // At least 8 (name length) + 4 + 8 + 4 + 8 bytes per info.
     r_.infos_.reserve(std::min<uint64_t>(n_tensors_, remaining() / 32));
     for (uint64_t i = 0; i < n_tensors_; ++i) {
-      what_ = fmt::format("name of tensor #{}", i);
+      at("name of tensor #{}", i);
       GgufTensorInfo ti;
       ti.name = read_string();
-      what_ = fmt::format("tensor '{}'", printable(ti.name));
+      at("tensor '{}'", ti.name);
       if (r_.tensor_index_.count(ti.name)) error("duplicate tensor name '{}'", printable(ti.name));
       read_tensor_info(ti);
       r_.tensor_index_.emplace(ti.name, r_.infos_.size());
       r_.infos_.push_back(std::move(ti));
+      at("tensor infos");
     }
     // After the structural checks, so a duplicate is reported as such whatever its spelling.
     for (const auto& ti : r_.infos_) {
-      what_ = fmt::format("tensor '{}'", printable(ti.name));
+      at("tensor '{}'", ti.name);
       check_text(ti.name, "tensor name", kGgmlMaxName - 1);
     }
   }
@@ -510,25 +512,25 @@ class GgufParser {
   void read_tensor_info(GgufTensorInfo& ti) {
     ti.n_dims = read<uint32_t>();
     if (ti.n_dims < 1 || ti.n_dims > kMaxDims)
-      error("{} has {} dimensions (must be 1 to {})", what_, ti.n_dims, kMaxDims);
+      error("{} has {} dimensions (must be 1 to {})", what(), ti.n_dims, kMaxDims);
     uint64_t numel = 1;
     for (uint32_t d = 0; d < ti.n_dims; ++d) {
       int64_t ne = read<int64_t>();
-      if (ne < 1) error("{} has dimension ne[{}] = {} (must be >= 1)", what_, d, ne);
+      if (ne < 1) error("{} has dimension ne[{}] = {} (must be >= 1)", what(), d, ne);
       if (mul_overflows(numel, uint64_t(ne), &numel) || numel > uint64_t(std::numeric_limits<int64_t>::max()))
-        error("{}: element count overflows (dimensions too large)", what_);
+        error("{}: element count overflows (dimensions too large)", what());
       ti.ne[d] = ne;
     }
     ti.type = read<uint32_t>();
     ti.offset = read<uint64_t>();
     const DTypeTraits* tr = dtype_traits(ti.type);
-    if (!tr || tr->type == DType::U8) error("{} has unknown type id {}", what_, ti.type);
+    if (!tr || tr->type == DType::U8) error("{} has unknown type id {}", what(), ti.type);
     // ggml packs blocks along rows: the row length must be whole blocks.
     if (ti.ne[0] % tr->block_size != 0)
-      error("{}: row length {} is not a multiple of the {} block size {}", what_, ti.ne[0], tr->name,
+      error("{}: row length {} is not a multiple of the {} block size {}", what(), ti.ne[0], tr->name,
             tr->block_size);
     if (mul_overflows(numel / uint64_t(tr->block_size), tr->type_size, &ti.nbytes))
-      error("{}: byte size overflows", what_);
+      error("{}: byte size overflows", what());
   }
 
   void place_tensors() {
@@ -580,7 +582,22 @@ class GgufParser {
   uint64_t size_;
   uint64_t pos_ = 0;
   uint64_t n_tensors_ = 0, n_kv_ = 0;
-  std::string what_;  // what is being read, for error messages
+  // What is being read, for error messages; formatted only when one is raised (every key
+  // and tensor name through printable() was a fifth of the parse time).
+  struct Context {
+    const char* label = "";              // a fmt pattern when name or indexed is set
+    const std::string* name = nullptr;   // a key or tensor name, valid until the next at()
+    uint64_t index = 0;
+    bool indexed = false;
+  } ctx_;
+  void at(const char* label) { ctx_ = {label}; }
+  void at(const char* label, uint64_t i) { ctx_ = {label, nullptr, i, true}; }
+  void at(const char* label, const std::string& name) { ctx_ = {label, &name}; }
+  std::string what() const {
+    if (ctx_.name) return fmt::format(fmt::runtime(ctx_.label), printable(*ctx_.name));
+    if (ctx_.indexed) return fmt::format(fmt::runtime(ctx_.label), ctx_.index);
+    return ctx_.label;
+  }
 };
 
 GgufReader::GgufReader(const std::string& path) : path_(path) {
