@@ -81,6 +81,13 @@ class Format {
   // out: rows x cols.
   virtual void dequantize(const Packed& p, float* out) const = 0;
 
+  // Rows [r0, r0 + nr) of dequantize(p), bit for bit, into out (nr x p.cols), reading only
+  // those rows' bits and the shared data (headers, tensor scales, codebooks): the runtime
+  // decodes a few rows at a time instead of the whole matrix. False (out untouched) when
+  // the format cannot decode rows on their own (e.g. a transform mixing rows). nr = 0
+  // decodes nothing and answers in O(1): a probe of the capability.
+  virtual bool dequantize_rows(const Packed& p, int64_t r0, int64_t nr, float* out) const { return false; }
+
   // The symbol streams of p (empty when the format has none worth coding).
   virtual std::vector<SymbolStream> symbols(const Packed& p) const { return {}; }
 

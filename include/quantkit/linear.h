@@ -48,10 +48,12 @@ class DenseLinear : public Linear {
 //  - look-up tables: codebook formats (vq, rvq, grvq) keep their codes and, per token,
 //    a table of codeword . input dot products (kernels/lut_vq.h); prompts longer than
 //    kernels::kLutMaxTokens decode row tiles from the codes instead;
-//  - row tiles: other llama.cpp types, and codebooks too large for a cached table, decode
-//    a few rows at a time into a per-thread buffer;
-//  - whole matrix: other quantkit formats decode the matrix per call (their layout is not
-//    row-separable in general).
+//  - row tiles: other llama.cpp types, codebooks too large for a cached table, and every
+//    quantkit format whose rows decode on their own (Format::dequantize_rows) decode a few
+//    rows at a time into a per-thread buffer (512-row blocks through the FP32 GEMM for long
+//    prompts);
+//  - whole matrix: formats whose rows do not decode alone (rht: the row transform mixes
+//    every row) decode the matrix per call.
 class PackedLinear : public Linear {
  public:
   explicit PackedLinear(const TensorView& w);  // copies (or re-lays) the packed bytes
@@ -66,6 +68,7 @@ class PackedLinear : public Linear {
  private:
   void forward_int8(const float* x, int64_t n, float* y) const;
   void forward_row_tiles(const float* x, int64_t n, float* y) const;
+  void forward_row_blocks(const float* x, int64_t n, float* y, int64_t ld) const;
   void decode_rows(int64_t r0, int64_t nr, float* out) const;
   void forward_whole(const float* x, int64_t n, float* y) const;
 
@@ -74,6 +77,7 @@ class PackedLinear : public Linear {
   std::unique_ptr<kernels::BlockQMatrix> kernel_;  // integer-kernel layout, when the format has one
   std::unique_ptr<kernels::CodebookMatrix> codebook_;  // codes and codebooks of vq / rvq / grvq
   Packed packed_;  // the bytes when there is no kernel layout (llama.cpp types: rows x row bytes)
+  bool format_rows_ = false;  // format_ decodes row ranges (Format::dequantize_rows)
   int64_t rows_, cols_;
 };
 

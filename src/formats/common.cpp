@@ -35,17 +35,26 @@ void BitWriter::finish(Packed& p) {
   bits_ = 0;
 }
 
-uint64_t BitReader::get(int nbits) {
+PackedBits PackedBits::sub(uint64_t offset, uint64_t nbits, int64_t r, int64_t c) const {
+  if (offset > bits || nbits > bits - offset)
+    fail("internal: bits [{}, +{}) outside a packed matrix of {} bits", offset, nbits, bits);
+  return {data, first + offset, nbits, r, c};
+}
+
+// The slow path of get: fields near the end of the data, or wider than 57 bits.
+uint64_t BitReader::get_bytewise(int nbits) {
   if (pos_ + uint64_t(nbits) > size_bits_)
     fail("packed data ends at bit {}, reading {} bits at {}", size_bits_, nbits, pos_);
+  uint64_t at = first_ + pos_;
+  pos_ += uint64_t(nbits);
   uint64_t v = 0;
   for (int done = 0; done < nbits;) {
-    const uint8_t b = data_[pos_ >> 3];
-    const int offset = int(pos_ & 7);
+    const uint8_t b = data_[at >> 3];
+    const int offset = int(at & 7);
     const int n = std::min(8 - offset, nbits - done);
     v |= uint64_t((b >> offset) & ((1u << n) - 1)) << done;
     done += n;
-    pos_ += uint64_t(n);
+    at += uint64_t(n);
   }
   return v;
 }
@@ -57,6 +66,26 @@ float BitReader::get_f32() {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+}
+
+PackedBits checked_bits(const Format& f, const Packed& p) {
+  if (p.bytes.size() < (p.bits + 7) / 8) fail("packed {} holds {} bits in {} bytes", f.spec(), p.bits, p.bytes.size());
+  return PackedBits::of(p);
+}
+
+void RowFormat::dequantize(const Packed& p, float* out) const { decode(checked_bits(*this, p), 0, p.rows, out); }
+
+bool RowFormat::dequantize_rows(const Packed& p, int64_t r0, int64_t nr, float* out) const {
+  decode(checked_bits(*this, p), r0, nr, out);
+  return true;
+}
+
+void RowFormat::decode(const PackedBits& b, int64_t r0, int64_t nr, float* out) const {
+  if (b.bits != storage_bits(b.rows, b.cols))
+    fail("packed {} holds {} bits, expected {}", spec(), b.bits, storage_bits(b.rows, b.cols));
+  if (r0 < 0 || nr < 0 || r0 > b.rows - nr)
+    fail("rows [{}, {}) outside a packed {} of {} rows", r0, r0 + nr, spec(), b.rows);
+  if (nr > 0) decode_rows(b, r0, nr, out);
 }
 
 Packed finish_packed(BitWriter& w, int64_t rows, int64_t cols, uint64_t expected_bits) {

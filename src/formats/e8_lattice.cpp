@@ -389,7 +389,7 @@ struct E8Params {
   Grouping grouping{Grouping::Group, 128};
 };
 
-class E8Format : public Format {
+class E8Format : public RowFormat {
  public:
   explicit E8Format(E8Params p) : p_(p) {}
 
@@ -434,16 +434,17 @@ class E8Format : public Format {
     return finish_packed(bw, rows, cols, storage_bits(rows, cols));
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    read_vectors(pk, [&](int64_t r, int64_t c0, float scale, uint32_t index) {
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    read_vectors(b, r0, nr, [&](int64_t r, int64_t c0, float scale, uint32_t index) {
       const Point& z = codebook().point(index);
-      for (int i = 0; i < kDim && c0 + i < pk.cols; ++i) out[r * pk.cols + c0 + i] = scale * 0.5f * float(z[size_t(i)]);
+      for (int i = 0; i < kDim && c0 + i < b.cols; ++i) out[r * b.cols + c0 + i] = scale * 0.5f * float(z[size_t(i)]);
     });
   }
 
   std::vector<SymbolStream> symbols(const Packed& pk) const override {
     SymbolStream s{"index", uint32_t(kCodebookSize), {}};
-    read_vectors(pk, [&](int64_t, int64_t, float, uint32_t index) { s.symbols.push_back(index); });
+    read_vectors(PackedBits::of(pk), 0, pk.rows,
+                 [&](int64_t, int64_t, float, uint32_t index) { s.symbols.push_back(index); });
     return {s};
   }
 
@@ -469,13 +470,14 @@ class E8Format : public Format {
     return g;
   }
 
-  // fn(row, first column, scale, index) for every vector in storage order.
+  // fn(row - r0, first column, scale, index) for every vector of rows [r0, r0 + nr) in
+  // storage order (every row takes the same bits: its groups' scales and indices).
   template <typename Fn>
-  void read_vectors(const Packed& pk, Fn&& fn) const {
-    if (pk.bits != storage_bits(pk.rows, pk.cols))
-      fail("packed {} holds {} bits, expected {}", spec(), pk.bits, storage_bits(pk.rows, pk.cols));
-    BitReader br(pk);
-    p_.grouping.for_each(pk.rows, pk.cols, [&](int64_t r, int64_t, int64_t c0, int64_t c1) {
+  void read_vectors(const PackedBits& b, int64_t r0, int64_t nr, Fn&& fn) const {
+    if (b.bits != storage_bits(b.rows, b.cols))
+      fail("packed {} holds {} bits, expected {}", spec(), b.bits, storage_bits(b.rows, b.cols));
+    BitReader br = row_reader(b, 0, storage_bits(1, b.cols), r0);
+    p_.grouping.for_each(nr, b.cols, [&](int64_t r, int64_t, int64_t c0, int64_t c1) {
       const float scale = br.get_f16();
       for (int64_t c = c0; c < c1; c += kDim) fn(r, c, scale, uint32_t(br.get(kIndexBits)));
     });

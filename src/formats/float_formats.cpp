@@ -271,10 +271,12 @@ struct FloatEncoding {
   double error = 0;
 };
 
-class ScaledFloatFormat : public Format {
+class ScaledFloatFormat : public RowFormat {
  public:
   // exp_bits 0: search the split (LLM-FP4).
-  ScaledFloatFormat(int bits, int exp_bits, Grouping grouping) : bits_(bits), exp_bits_(exp_bits), grouping_(grouping) {}
+  ScaledFloatFormat(int bits, int exp_bits, Grouping grouping) : bits_(bits), exp_bits_(exp_bits), grouping_(grouping) {
+    for (int e : split_candidates()) decoders_.push_back(element(e));
+  }
 
   bool search() const { return exp_bits_ == 0; }
 
@@ -300,17 +302,17 @@ class ScaledFloatFormat : public Format {
     return pack(best_encoding(w, rows, cols, imp), rows, cols);
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    const FloatEncoding enc = unpack(pk);
-    const Minifloat mf = element(enc.exp_bits);
-    size_t gi = 0;
-    grouping_.for_each(pk.rows, pk.cols, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-      const float s = enc.scale_codec.decode(enc.scale_codes[gi++]);
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c) {
-          const size_t i = size_t(r * pk.cols + c);
-          out[i] = mf.decode(enc.codes[i]) * s;
-        }
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    BitReader br(b);
+    FloatEncoding head;
+    read_header(br, head);
+    // The element format of the split (the decode tables are built once, with the format).
+    const Minifloat& mf = decoders_[size_t(search() ? head.exp_bits - 1 : 0)];
+    const int bits = bits_, sbits = scale_bits();
+    decode_grouped_rows(b, grouping_, header_bits(), uint64_t(sbits), bits, r0, nr, out, [&](BitReader& br) {
+      return [s = head.scale_codec.decode(uint32_t(br.get(sbits))), &mf, bits](BitReader& br, float* o, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) o[i] = mf.decode(uint32_t(br.get(bits))) * s;
+      };
     });
   }
 
@@ -408,20 +410,25 @@ class ScaledFloatFormat : public Format {
     return enc;
   }
 
-  FloatEncoding unpack(const Packed& pk) const {
-    if (pk.bits != storage_bits(pk.rows, pk.cols))
-      fail("packed {} holds {} bits, expected {}", spec(), pk.bits, storage_bits(pk.rows, pk.cols));
-    BitReader br(pk);
-    FloatEncoding enc;
+  // The element split and the scale coding (the :search header, or the spec's).
+  void read_header(BitReader& br, FloatEncoding& enc) const {
     enc.exp_bits = exp_bits_;
     enc.scale_codec.fp32 = grouping_.kind == Grouping::Tensor;
-    if (!search() && !enc.scale_codec.fp32) enc.scale_codec.shift = fixed_scale_shift(element(exp_bits_));
+    if (!search() && !enc.scale_codec.fp32) enc.scale_codec.shift = fixed_scale_shift(decoders_[0]);
     if (search()) {
       enc.exp_bits = int(br.get(kSplitBits));
       if (enc.exp_bits < 1 || enc.exp_bits > bits_ - 1) fail("packed {}: corrupt exponent width {}", spec(), enc.exp_bits);
       const int raw = int(br.get(kShiftBits));
       enc.scale_codec.shift = raw > kShiftMax ? raw - (1 << kShiftBits) : raw;
     }
+  }
+
+  FloatEncoding unpack(const Packed& pk) const {
+    if (pk.bits != storage_bits(pk.rows, pk.cols))
+      fail("packed {} holds {} bits, expected {}", spec(), pk.bits, storage_bits(pk.rows, pk.cols));
+    BitReader br(pk);
+    FloatEncoding enc;
+    read_header(br, enc);
     enc.codes.assign(size_t(pk.rows * pk.cols), 0);
     grouping_.for_each(pk.rows, pk.cols, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       enc.scale_codes.push_back(uint32_t(br.get(scale_bits())));
@@ -434,6 +441,7 @@ class ScaledFloatFormat : public Format {
   int bits_;
   int exp_bits_;
   Grouping grouping_;
+  std::vector<Minifloat> decoders_;  // element(e) for each split_candidates() entry
 };
 
 // The element format (and :search's split and shift) and the static scales come from the
@@ -555,7 +563,7 @@ struct Fp4Blocks {
 
 // Shared body of mxfp4 and nvfp4; the subclasses say how block scales are chosen and what
 // they mean.
-class BlockFp4Format : public Format {
+class BlockFp4Format : public RowFormat {
  public:
   BlockFp4Format(int64_t block, bool tensor_scale, bool search)
       : block_(block), tensor_scale_(tensor_scale), search_(search) {}
@@ -569,16 +577,21 @@ class BlockFp4Format : public Format {
     return pack(ts, encode_blocks(w, rows, cols, imp, ts));
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    float ts = 1.0f;
-    const Fp4Blocks blk = unpack(pk, ts);
-    for (int64_t r = 0; r < blk.rows; ++r)
-      for (int64_t b = 0; b < blk.per_row; ++b) {
-        const int64_t i = blk.index(r, b);
-        const float s = element_scale(blk.scale_codes[size_t(i)], ts);
-        const uint8_t* codes = blk.elem_codes.data() + i * block_;
-        float* o = out + r * blk.cols + blk.first_col(b);
-        for (int64_t k = 0; k < blk.length(b); ++k) o[k] = e2m1().decode(codes[k]) * s;
+  // Blocks are row-major: after the tensor scale, every row takes per_row blocks.
+  void decode_rows(const PackedBits& bits, int64_t r0, int64_t nr, float* out) const override {
+    const Fp4Blocks shape(0, bits.cols, block_);
+    const uint64_t header = tensor_scale_ ? 32 : 0;
+    const float ts = tensor_scale_ ? row_reader(bits, 0, 0, 0).get_f32() : 1.0f;
+    BitReader br = row_reader(bits, header, Fp4Blocks::storage_bits(1, bits.cols, block_), r0);
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t b = 0; b < shape.per_row; ++b) {
+        const float s = element_scale(uint8_t(br.get(kBlockScaleBits)), ts);
+        float* o = out + r * bits.cols + shape.first_col(b);
+        const int64_t n = shape.length(b);
+        for (int64_t k = 0; k < block_; ++k) {
+          const uint32_t code = uint32_t(br.get(kFp4Bits));
+          if (k < n) o[k] = e2m1().decode(code) * s;  // padding codes are stored, not decoded
+        }
       }
   }
 

@@ -32,7 +32,7 @@ const GgmlType kTypes[] = {
     {DType::IQ4_NL, "iq4_nl", "4-bit indices into a fixed 16-level non-uniform codebook, fp16 scale per 32"},
 };
 
-class GgmlFormat final : public Format {
+class GgmlFormat final : public RowFormat {
  public:
   explicit GgmlFormat(const GgmlType& t) : t_(t), traits_(dtype_traits(t.type)) {}
 
@@ -81,9 +81,11 @@ class GgmlFormat final : public Format {
     return finish_packed(bw, rows, cols, storage_bits(rows, cols));
   }
 
-  void dequantize(const Packed& p, float* out) const override {
-    require_packed(p);
-    quantkit::dequantize(t_.type, p.bytes.data(), out, p.rows * p.cols);
+  // Rows are whole blocks, byte-aligned: the row range is one run of bytes.
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    if (b.first % 8 != 0) fail("internal: packed {} data starts inside a byte", t_.spec);
+    const size_t row_bytes = dtype_row_bytes(t_.type, b.cols);
+    quantkit::dequantize(t_.type, b.data + b.first / 8 + size_t(r0) * row_bytes, out, nr * b.cols);
   }
 
   std::vector<SymbolStream> symbols(const Packed& p) const override {

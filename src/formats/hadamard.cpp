@@ -13,7 +13,8 @@
 // H_b S_b H_a S_a with H_a acting on elements [0, P) and H_b on [n - P, n): both are
 // orthogonal, together they cover every element and spread any element over at least P >
 // n/2 outputs, with no padding (so the inner format stores exactly rows x cols weights).
-// The 64-bit seed of the signs is stored (counted): bits = 64 + inner bits.
+// The 64-bit seed of the signs is stored (counted): bits = 64 + inner bits. A row of W mixes
+// every row of Q' (R^T is dense), so rows cannot be decoded alone (dequantize_rows: false).
 //
 // Importance (one value d_j per input column) becomes the matrix C diag(d) C^T for W', of
 // which the inner format can only use a diagonal: we pass diag(C diag(d) C^T), which is

@@ -138,7 +138,7 @@ GroupParams fit_group(const float* w, const float* imp, int64_t n, const IntPara
   return params_at(best_r);
 }
 
-class IntFormat : public Format {
+class IntFormat : public RowFormat {
  public:
   explicit IntFormat(IntParams p) : p_(p) {
     if (p_.bits < 1 || p_.bits > 8) throw Error(fmt::format("bits {} out of range [1, 8]", p_.bits));
@@ -188,18 +188,12 @@ class IntFormat : public Format {
     return pack(groups, codes, rows, cols);
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    std::vector<GroupParams> groups;
-    std::vector<int16_t> codes;
-    unpack(pk, groups, codes);
-    size_t gi = 0;
-    grouping_.for_each(pk.rows, pk.cols, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-      const GroupParams& g = groups[gi++];
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c) {
-          const size_t i = size_t(r * pk.cols + c);
-          out[i] = g.scale * (float(codes[i]) - g.offset);
-        }
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    const int lo = levels(p_).lo, bits = p_.bits;
+    decode_grouped_rows(b, grouping_, 0, uint64_t(scale_bits() + zero_bits()), bits, r0, nr, out, [&](BitReader& br) {
+      return [g = read_group(br), lo, bits](BitReader& br, float* o, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) o[i] = g.scale * (float(int(br.get(bits)) + lo) - g.offset);
+      };
     });
   }
 
@@ -277,14 +271,19 @@ class IntFormat : public Format {
     codes.assign(size_t(pk.rows * pk.cols), 0);
     groups.clear();
     grouping_.for_each(pk.rows, pk.cols, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-      GroupParams g;
-      g.scale = scale_bits() == 32 ? br.get_f32() : br.get_f16();
-      if (zero_bits()) g.zero = int(br.get(zero_bits()));
-      g.offset = p_.mode == IntMode::Asym ? float(g.zero) : p_.mode == IntMode::Mid ? float(levels(p_).hi) / 2.0f : 0.0f;
-      groups.push_back(g);
+      groups.push_back(read_group(br));
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t c = c0; c < c1; ++c) codes[size_t(r * pk.cols + c)] = int16_t(int(br.get(p_.bits)) + lo);
     });
+  }
+
+  // One group's stored scale and zero point.
+  GroupParams read_group(BitReader& br) const {
+    GroupParams g;
+    g.scale = scale_bits() == 32 ? br.get_f32() : br.get_f16();
+    if (zero_bits()) g.zero = int(br.get(zero_bits()));
+    g.offset = p_.mode == IntMode::Asym ? float(g.zero) : p_.mode == IntMode::Mid ? float(levels(p_).hi) / 2.0f : 0.0f;
+    return g;
   }
 
   const IntParams& params() const { return p_; }

@@ -92,7 +92,7 @@ struct GridParams {
 // NUPES exponent search range: a in [1/2, 4] (a = 1 is the uniform midrise grid).
 constexpr double kMinExponent = 0.5, kMaxExponent = 4.0;
 
-class GridFormat : public Format {
+class GridFormat : public RowFormat {
  public:
   explicit GridFormat(GridParams p) : p_(p), storage_(grid::scale_storage(p.grouping)) {
     if (p_.bits < 2 || p_.bits > 8) throw Error(fmt::format("bits {} out of range [2, 8]", p_.bits));
@@ -153,12 +153,18 @@ class GridFormat : public Format {
         });
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    const Contents c = read(pk);
-    for (size_t i = 0; i < c.spans.size(); ++i) {
-      const GroupSpan& s = c.spans[i];
-      for (int64_t j = s.offset; j < s.offset + s.n; ++j) out[j] = c.scales[i] * c.table.value(c.codes[size_t(j)]);
-    }
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    BitReader head(b);
+    LevelTable own;
+    const LevelTable& t = read_table(head, own);
+    const ScaleStorage st = storage_;
+    const int bits = p_.bits;
+    decode_grouped_rows(b, p_.grouping, uint64_t(header_bits()), uint64_t(grid::scale_bits(st)), bits, r0, nr, out,
+                        [&](BitReader& br) {
+                          return [s = grid::get_scale(br, st), &t, bits](BitReader& br, float* o, int64_t n) {
+                            for (int64_t i = 0; i < n; ++i) o[i] = s * t.value(uint32_t(br.get(bits)));
+                          };
+                        });
   }
 
   std::vector<SymbolStream> symbols(const Packed& pk) const override {
@@ -180,6 +186,15 @@ class GridFormat : public Format {
   };
 
   int header_bits() const { return p_.kind == GridKind::Nupes ? 16 : 0; }
+
+  // The decode table: the fixed grid, or NUPES's from the stored exponent (built in `own`).
+  const LevelTable& read_table(BitReader& br, LevelTable& own) const {
+    if (p_.kind != GridKind::Nupes) return table_;
+    const float a = br.get_f16();
+    if (!(a >= kMinExponent / 2 && a <= kMaxExponent * 2)) fail("corrupt {} data: exponent {}", spec(), a);
+    own = LevelTable(power_exponent_levels(p_.bits, a));
+    return own;
+  }
 
   // The grid (NUPES: its searched exponent) and the scale of every group.
   struct Fit {
@@ -223,12 +238,8 @@ class GridFormat : public Format {
       fail("packed {} holds {} bits, expected {}", spec(), pk.bits, storage_bits(pk.rows, pk.cols));
     BitReader br(pk);
     Contents c;
-    c.table = table_;
-    if (p_.kind == GridKind::Nupes) {
-      const float a = br.get_f16();
-      if (!(a >= kMinExponent / 2 && a <= kMaxExponent * 2)) fail("corrupt {} data: exponent {}", spec(), a);
-      c.table = LevelTable(power_exponent_levels(p_.bits, a));
-    }
+    LevelTable own;
+    c.table = read_table(br, own);
     c.spans = grid::group_spans(p_.grouping, pk.rows, pk.cols);
     c.scales.resize(c.spans.size());
     c.codes.resize(size_t(pk.rows * pk.cols));
@@ -399,7 +410,7 @@ uint32_t nearest_codeword(const float* book, int k, float x) {
   return uint32_t(lo);
 }
 
-class LloydFormat : public Format {
+class LloydFormat : public RowFormat {
  public:
   LloydFormat(int bits, Grouping g) : bits_(bits), grouping_(g) {
     if (bits_ < 1 || bits_ > 8) throw Error(fmt::format("bits {} out of range [1, 8]", bits_));
@@ -434,14 +445,16 @@ class LloydFormat : public Format {
     return finish_packed(bw, rows, cols, storage_bits(rows, cols));
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    std::vector<float> books;
-    std::vector<uint32_t> codes;
-    const auto spans = read(pk, books, codes);
-    const size_t k = size_t(1) << bits_;
-    for (size_t i = 0; i < spans.size(); ++i)
-      for (int64_t j = spans[i].offset; j < spans[i].offset + spans[i].n; ++j)
-        out[j] = books[i * k + codes[size_t(j)]];
+  // Per group: its 2^b fp16 codewords, then its codes.
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    std::vector<float> book(size_t(1) << bits_);
+    const int bits = bits_;
+    decode_grouped_rows(b, grouping_, 0, uint64_t(16) << bits_, bits, r0, nr, out, [&](BitReader& br) {
+      for (float& v : book) v = br.get_f16();
+      return [&book, bits](BitReader& br, float* o, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) o[i] = book[size_t(br.get(bits))];
+      };
+    });
   }
 
   std::vector<SymbolStream> symbols(const Packed& pk) const override {

@@ -197,7 +197,7 @@ struct ShapeFit {
   double error(double g) const { return g * (g * energy - 2.0 * along); }
 };
 
-class PvqFormat : public Format {
+class PvqFormat : public RowFormat {
  public:
   explicit PvqFormat(PvqParams p)
       : p_(p), count_(p.dim, p.pulses), index_bits_(bit_length(count_(p.dim, p.pulses) - 1)) {}
@@ -254,17 +254,18 @@ class PvqFormat : public Format {
     return finish_packed(bw, rows, cols, storage_bits(rows, cols));
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
     std::vector<float> shape(size_t(p_.dim));
-    read_vectors(pk, [&](int64_t r, int64_t c0, const std::vector<int>& y, float gain, uint32_t) {
+    read_vectors(b, r0, nr, [&](int64_t r, int64_t c0, const std::vector<int>& y, float gain, uint32_t) {
       unit_shape(y, shape.data());
-      for (int i = 0; i < p_.dim && c0 + i < pk.cols; ++i) out[r * pk.cols + c0 + i] = gain * shape[size_t(i)];
+      for (int i = 0; i < p_.dim && c0 + i < b.cols; ++i) out[r * b.cols + c0 + i] = gain * shape[size_t(i)];
     });
   }
 
   std::vector<SymbolStream> symbols(const Packed& pk) const override {
     SymbolStream pulses{"pulses", uint32_t(2 * p_.pulses + 1), {}}, gains{"gain", 1u << p_.gain_bits, {}};
-    read_vectors(pk, [&](int64_t, int64_t, const std::vector<int>& y, float, uint32_t level) {
+    const PackedBits bits = PackedBits::of(pk);
+    read_vectors(bits, 0, pk.rows, [&](int64_t, int64_t, const std::vector<int>& y, float, uint32_t level) {
       for (int v : y) pulses.symbols.push_back(uint32_t(v + p_.pulses));
       gains.symbols.push_back(level);
     });
@@ -351,14 +352,15 @@ class PvqFormat : public Format {
     return best;
   }
 
-  // Reads the packed vectors in storage order: fn(row, first column, y, gain, gain level).
+  // Reads the vectors of rows [r0, r0 + nr) in storage order (every row takes the same
+  // bits): fn(row - r0, first column, y, gain, gain level).
   template <typename Fn>
-  void read_vectors(const Packed& pk, Fn&& fn) const {
-    if (pk.bits != storage_bits(pk.rows, pk.cols))
-      fail("packed {} holds {} bits, expected {}", spec(), pk.bits, storage_bits(pk.rows, pk.cols));
-    BitReader br(pk);
+  void read_vectors(const PackedBits& b, int64_t r0, int64_t nr, Fn&& fn) const {
+    if (b.bits != storage_bits(b.rows, b.cols))
+      fail("packed {} holds {} bits, expected {}", spec(), b.bits, storage_bits(b.rows, b.cols));
+    BitReader br = row_reader(b, 0, storage_bits(1, b.cols), r0);
     std::vector<int> y(size_t(p_.dim));
-    p_.grouping.for_each(pk.rows, pk.cols, [&](int64_t r, int64_t, int64_t c0, int64_t c1) {
+    p_.grouping.for_each(nr, b.cols, [&](int64_t r, int64_t, int64_t c0, int64_t c1) {
       GainGrid grid;
       grid.lo = br.get_f16();
       grid.hi = br.get_f16();

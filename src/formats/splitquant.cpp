@@ -120,14 +120,23 @@ class SplitFormat : public Format {
   }
 
   void dequantize(const Packed& p, float* out) const override {
+    if (dequantize_rows(p, 0, p.rows, out)) return;
     check_size(p);
-    const int64_t n = p.rows * p.cols;
-    std::fill(out, out + n, 0.0f);
-    std::vector<float> layer(static_cast<size_t>(n));
-    for (int c = 0; c < k_; ++c) {
-      inner_->dequantize(layer_packed(p, c), layer.data());
-      for (int64_t i = 0; i < n; ++i) out[i] += layer[size_t(i)];
-    }
+    sum_layers(p.rows * p.cols, out, [&](int c, float* layer) { inner_->dequantize(layer_packed(p, c), layer); });
+  }
+
+  // The rows of every layer, decoded in place in p's bits by the inner format's row
+  // decoder (when it has one: not under rht, whose transform mixes rows).
+  bool dequantize_rows(const Packed& p, int64_t r0, int64_t nr, float* out) const override {
+    const RowFormat* inner = row_format(*inner_);
+    if (!inner) return false;
+    check_size(p);
+    const PackedBits all = checked_bits(*this, p);
+    const uint64_t bits = inner_->storage_bits(p.rows, p.cols);
+    sum_layers(nr * p.cols, out, [&](int c, float* layer) {
+      inner->decode(all.sub(uint64_t(c) * bits, bits, p.rows, p.cols), r0, nr, layer);
+    });
+    return true;
   }
 
   std::vector<SymbolStream> symbols(const Packed& p) const override {
@@ -145,6 +154,17 @@ class SplitFormat : public Format {
   void check_size(const Packed& p) const {
     if (p.bits != storage_bits(p.rows, p.cols))
       fail("packed {} holds {} bits, expected {}", spec(), p.bits, storage_bits(p.rows, p.cols));
+  }
+
+  // out[0, n) = the sum over layers c (in order) of what decode_layer(c, buffer) writes.
+  template <typename DecodeLayer>
+  void sum_layers(int64_t n, float* out, DecodeLayer&& decode_layer) const {
+    std::fill(out, out + n, 0.0f);
+    std::vector<float> layer(static_cast<size_t>(n));
+    for (int c = 0; c < k_; ++c) {
+      decode_layer(c, layer.data());
+      for (int64_t i = 0; i < n; ++i) out[i] += layer[size_t(i)];
+    }
   }
 
   // Cluster c's inner packed matrix.

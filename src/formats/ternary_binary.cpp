@@ -62,13 +62,17 @@ void put_trits(BitWriter& w, const int8_t* t, int64_t n) {
   }
 }
 
-void get_trits(BitReader& rd, int8_t* t, int64_t n) {
+// Trits [t0, t1) of a stream of n trits that starts at the reader's position, into t[0,
+// t1 - t0): every chunk but a last partial one is 8 bits, so the first is found directly.
+void get_trits(BitReader& rd, int64_t n, int64_t t0, int64_t t1, int8_t* t) {
   static constexpr uint32_t kPow3[6] = {1, 3, 9, 27, 81, 243};
-  for (int64_t i = 0; i < n; i += 5) {
+  rd.seek(rd.position() + uint64_t(t0 / 5) * 8);
+  for (int64_t i = t0 - t0 % 5; i < t1; i += 5) {
     const int r = int(std::min<int64_t>(5, n - i));
     uint32_t v = uint32_t(rd.get(r == 5 ? 8 : kTritTailBits[r]));
     if (v >= kPow3[r]) fail("corrupt ternary data: chunk value {} >= 3^{}", v, r);
-    for (int j = 0; j < r; ++j, v /= 3) t[i + j] = int8_t(int(v % 3) - 1);
+    for (int64_t j = i; j < i + r; ++j, v /= 3)
+      if (j >= t0 && j < t1) t[j - t0] = int8_t(int(v % 3) - 1);
   }
 }
 
@@ -108,7 +112,7 @@ int8_t to_trit(float x, float scale) {
   return int8_t(std::clamp(std::nearbyint(x / scale), -1.0f, 1.0f));  // BitNet's RoundClip
 }
 
-class TernaryFormat : public Format {
+class TernaryFormat : public RowFormat {
  public:
   TernaryFormat(TernaryRule rule, Grouping g) : rule_(rule), grouping_(g), storage_(grid::scale_storage(g)) {}
 
@@ -148,12 +152,23 @@ class TernaryFormat : public Format {
         });
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    std::vector<float> scales;
-    std::vector<int8_t> trits;
-    const auto spans = read(pk, scales, trits);
-    for (size_t i = 0; i < spans.size(); ++i)
-      for (int64_t j = spans[i].offset; j < spans[i].offset + spans[i].n; ++j) out[j] = scales[i] * float(trits[size_t(j)]);
+  // All scales come first, then one trit stream: a row's trits start inside a chunk.
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    const int64_t cols = b.cols;
+    const uint64_t sbits = uint64_t(grid::scale_bits(storage_));
+    std::vector<int8_t> trits(size_t(nr * cols));
+    BitReader br(b);
+    br.seek(uint64_t(grouping_.count(b.rows, cols)) * sbits);
+    get_trits(br, b.rows * cols, r0 * cols, (r0 + nr) * cols, trits.data());
+    const int64_t per_row = grouping_.kind == Grouping::Tensor ? 0 : grouping_.count(1, cols);
+    const int64_t size = grouping_.kind == Grouping::Group ? grouping_.size : cols;
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t c0 = 0; c0 < cols; c0 += size) {
+        br.seek(uint64_t((r0 + r) * per_row + (per_row ? c0 / size : 0)) * sbits);
+        const float scale = grid::get_scale(br, storage_);
+        for (int64_t c = c0; c < std::min(cols, c0 + size); ++c)
+          out[r * cols + c] = scale * float(trits[size_t(r * cols + c)]);
+      }
   }
 
   std::vector<SymbolStream> symbols(const Packed& pk) const override {
@@ -199,7 +214,7 @@ class TernaryFormat : public Format {
     scales.resize(spans.size());
     for (float& s : scales) s = grid::get_scale(br, storage_);
     trits.resize(size_t(pk.rows * pk.cols));
-    get_trits(br, trits.data(), pk.rows * pk.cols);
+    get_trits(br, pk.rows * pk.cols, 0, pk.rows * pk.cols, trits.data());
     return spans;
   }
 
@@ -210,7 +225,7 @@ class TernaryFormat : public Format {
 
 // ---- binary --------------------------------------------------------------------------------
 
-class BinaryFormat : public Format {
+class BinaryFormat : public RowFormat {
  public:
   explicit BinaryFormat(Grouping g) : grouping_(g), storage_(grid::scale_storage(g)) {}
 
@@ -241,8 +256,13 @@ class BinaryFormat : public Format {
         });
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    read(pk, [&](int64_t j, float scale, bool positive) { out[j] = positive ? scale : -scale; });
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    const ScaleStorage st = storage_;
+    decode_grouped_rows(b, grouping_, 0, uint64_t(grid::scale_bits(st)), 1, r0, nr, out, [st](BitReader& br) {
+      return [s = grid::get_scale(br, st)](BitReader& br, float* o, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) o[i] = br.get(1) ? s : -s;
+      };
+    });
   }
 
   std::vector<SymbolStream> symbols(const Packed& pk) const override {
@@ -336,7 +356,7 @@ struct Ptq161Params {
 // Number of alternations of row levels and column factors for :col.
 constexpr int kColumnIterations = 4;
 
-class Ptq161Format : public Format {
+class Ptq161Format : public RowFormat {
  public:
   explicit Ptq161Format(Ptq161Params p) : p_(p), salient_(make_int_format(salient_params())) {
     if (p_.percent < 0 || p_.percent > 100) throw Error(fmt::format("salient percentage {} out of range [0, 100]", p_.percent));
@@ -378,15 +398,37 @@ class Ptq161Format : public Format {
     return finish_packed(bw, rows, cols, storage_bits(rows, cols));
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    Contents c = read(pk);
-    const int64_t rows = pk.rows, cols = pk.cols, k = int64_t(c.salient.size()), m = int64_t(c.rest.size());
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t j = 0; j < k; ++j) out[r * cols + c.salient[size_t(j)]] = c.salient_values[size_t(r * k + j)];
-      const TwoLevels& lv = c.levels.empty() ? TwoLevels{} : c.levels[size_t(r)];
+  // Layout: mask, salient int4 matrix (rows x k), [factors], per row (mean, scale), signs
+  // (rows x m): every part but the mask and the factors is row-major.
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    const int64_t rows = b.rows, cols = b.cols;
+    BitReader br(b);
+    std::vector<int64_t> salient, rest;
+    read_mask(br, cols, salient, rest);
+    const int64_t k = int64_t(salient.size()), m = int64_t(rest.size());
+    uint64_t at = uint64_t(cols);
+    if (k > 0) {
+      const uint64_t bits = salient_->storage_bits(rows, k);
+      std::vector<float> values(size_t(nr * k));
+      row_format(*salient_)->decode(b.sub(at, bits, rows, k), r0, nr, values.data());
+      for (int64_t r = 0; r < nr; ++r)
+        for (int64_t j = 0; j < k; ++j) out[r * cols + salient[size_t(j)]] = values[size_t(r * k + j)];
+      at += bits;
+    }
+    if (m == 0) return;
+    std::vector<float> factors;
+    br.seek(at);
+    if (p_.column_scales)
+      for (int64_t j = 0; j < m; ++j) factors.push_back(br.get_f16());
+    const uint64_t levels = br.position(), signs = levels + uint64_t(rows) * 32;
+    for (int64_t r = 0; r < nr; ++r) {
+      br.seek(levels + uint64_t(r0 + r) * 32);
+      TwoLevels lv;
+      lv.mean = br.get_f16(), lv.scale = br.get_f16();
+      br.seek(signs + uint64_t((r0 + r) * m));
       for (int64_t j = 0; j < m; ++j) {
-        const float v = c.signs[size_t(r * m + j)] ? lv.hi() : lv.lo();
-        out[r * cols + c.rest[size_t(j)]] = p_.column_scales ? c.factors[size_t(j)] * v : v;
+        const float v = br.get(1) ? lv.hi() : lv.lo();
+        out[r * cols + rest[size_t(j)]] = p_.column_scales ? factors[size_t(j)] * v : v;
       }
     }
   }
@@ -484,13 +526,17 @@ class Ptq161Format : public Format {
     return out;
   }
 
+  // The channel mask: salient and binarised input channels, ascending.
+  void read_mask(BitReader& br, int64_t cols, std::vector<int64_t>& salient, std::vector<int64_t>& rest) const {
+    for (int64_t j = 0; j < cols; ++j) (br.get(1) ? salient : rest).push_back(j);
+    if (int64_t(salient.size()) != salient_count(cols))
+      fail("corrupt {} data: mask marks {} salient channels, expected {}", spec(), salient.size(), salient_count(cols));
+  }
+
+  // The symbol streams' contents: the salient part's streams and the signs.
   struct Contents {
-    std::vector<int64_t> salient, rest;
-    std::vector<float> salient_values;  // rows x k
     std::vector<SymbolStream> salient_symbols;
-    std::vector<float> factors;         // m (with :col)
-    std::vector<TwoLevels> levels;      // rows (when m > 0)
-    std::vector<uint8_t> signs;         // rows x m
+    std::vector<uint8_t> signs;  // rows x m
   };
 
   Contents read(const Packed& pk) const {
@@ -499,26 +545,16 @@ class Ptq161Format : public Format {
     const int64_t rows = pk.rows, cols = pk.cols;
     BitReader br(pk);
     Contents c;
-    for (int64_t j = 0; j < cols; ++j) (br.get(1) ? c.salient : c.rest).push_back(j);
-    if (int64_t(c.salient.size()) != salient_count(cols))
-      fail("corrupt {} data: mask marks {} salient channels, expected {}", spec(), c.salient.size(), salient_count(cols));
-    const int64_t k = int64_t(c.salient.size()), m = int64_t(c.rest.size());
+    std::vector<int64_t> salient, rest;
+    read_mask(br, cols, salient, rest);
+    const int64_t k = int64_t(salient.size()), m = int64_t(rest.size());
     if (k > 0) {
       BitWriter sw;
       copy_bits(br, sw, salient_->storage_bits(rows, k));
-      Packed sp = finish_packed(sw, rows, k, salient_->storage_bits(rows, k));
-      c.salient_values.resize(size_t(rows * k));
-      salient_->dequantize(sp, c.salient_values.data());
-      c.salient_symbols = salient_->symbols(sp);
+      c.salient_symbols = salient_->symbols(finish_packed(sw, rows, k, salient_->storage_bits(rows, k)));
     }
     if (m > 0) {
-      if (p_.column_scales)
-        for (int64_t j = 0; j < m; ++j) c.factors.push_back(br.get_f16());
-      for (int64_t r = 0; r < rows; ++r) {
-        TwoLevels l;
-        l.mean = br.get_f16(), l.scale = br.get_f16();
-        c.levels.push_back(l);
-      }
+      br.seek(br.position() + (p_.column_scales ? uint64_t(m) * 16 : 0) + uint64_t(rows) * 32);  // factors, levels
       c.signs.resize(size_t(rows * m));
       for (auto& s : c.signs) s = uint8_t(br.get(1));
     }

@@ -273,7 +273,7 @@ double initial_scale_ratio(int k) {
   return kRatio[k];
 }
 
-class TcqFormat : public Format {
+class TcqFormat : public RowFormat {
  public:
   explicit TcqFormat(TcqParams p) : p_(p), code_(p.L, p.k) {}
 
@@ -310,16 +310,19 @@ class TcqFormat : public Format {
     return finish_packed(bw, rows, cols, storage_bits(rows, cols));
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    std::vector<float> scales;
-    std::vector<uint32_t> symbols;
-    unpack(pk, scales, symbols);
-    const int64_t groups_per_row = p_.grouping.count(1, pk.cols);
-    std::vector<float> values(size_t(pk.cols));
-    for (int64_t r = 0; r < pk.rows; ++r) {
-      reconstruct_row(&symbols[size_t(r * pk.cols)], pk.cols, values.data());
-      for (int64_t c = 0; c < pk.cols; ++c)
-        out[r * pk.cols + c] = scales[size_t(r * groups_per_row + c / group_cols(pk.cols))] * values[size_t(c)];
+  // Every scale comes first, then the symbols; trellis blocks never cross rows.
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    const int64_t cols = b.cols, groups_per_row = p_.grouping.count(1, cols);
+    const uint64_t symbols_at = uint64_t(p_.grouping.count(b.rows, cols)) * 16;
+    std::vector<float> scales(static_cast<size_t>(groups_per_row)), values(static_cast<size_t>(cols));
+    std::vector<uint32_t> symbols(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < nr; ++r) {
+      BitReader br = row_reader(b, 0, uint64_t(groups_per_row) * 16, r0 + r);
+      for (auto& s : scales) s = br.get_f16();
+      br = row_reader(b, symbols_at, uint64_t(cols) * uint64_t(p_.k), r0 + r);
+      for (auto& sym : symbols) sym = uint32_t(br.get(p_.k));
+      reconstruct_row(symbols.data(), cols, values.data());
+      for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = scales[size_t(c / group_cols(cols))] * values[size_t(c)];
     }
   }
 

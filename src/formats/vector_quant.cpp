@@ -198,7 +198,7 @@ ResidualCodes train_residual(const PointSet& points, const CodebookParams& p, ui
   return rc;
 }
 
-class CodebookFormat : public Format {
+class CodebookFormat : public RowFormat {
  public:
   explicit CodebookFormat(CodebookParams p) : p_(std::move(p)) {
     check_range("vector dimension d", p_.dim, 1, 64);
@@ -245,8 +245,14 @@ class CodebookFormat : public Format {
     return finish_packed(bw, rows, cols, storage_bits(rows, cols));
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    for (const CodebookBlock& blk : read_blocks(pk)) decode_block(blk, pk.cols, out + blk.row0 * pk.cols);
+  // Each codebook block touched is read for its codebooks and the rows wanted.
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    const int64_t per_block = p_.block_rows(b.rows);
+    for (int64_t blk = r0 / per_block; blk * per_block < r0 + nr; ++blk) {
+      const int64_t first = std::max(r0, blk * per_block), end = std::min(r0 + nr, (blk + 1) * per_block);
+      const CodebookBlock part = read_block(b, blk, first - blk * per_block, end - first);
+      decode_block(part, b.cols, out + (first - r0) * b.cols);
+    }
   }
 
   // VPTQ-style second-order VQ: codebooks (and scales) come from importance-weighted
@@ -428,31 +434,44 @@ class CodebookFormat : public Format {
   std::vector<CodebookBlock> read_blocks(const Packed& pk) const {
     if (pk.bits != storage_bits(pk.rows, pk.cols))
       fail("packed {} holds {} bits, expected {}", spec(), pk.bits, storage_bits(pk.rows, pk.cols));
-    BitReader br(pk);
     std::vector<CodebookBlock> blocks;
-    const int64_t per_block = p_.block_rows(pk.rows), nv = p_.vectors_per_row(pk.cols);
-    for (int64_t b = 0; b < p_.blocks(pk.rows); ++b) {
-      CodebookBlock blk;
-      blk.row0 = b * per_block;
-      blk.rows = std::min(pk.rows, blk.row0 + per_block) - blk.row0;
-      blk.scale = br.get_f32();
-      blk.codebooks.resize(size_t(p_.codes_per_vector()));
-      for (auto& cb : blk.codebooks) {
-        cb.resize(size_t(p_.k * p_.sub_dim()));
-        for (float& v : cb) v = br.get_f16();
-      }
-      if (p_.row_scale) {
-        blk.row_scales.resize(size_t(blk.rows));
-        for (float& s : blk.row_scales) s = br.get_f16();
-      }
-      blk.indices.resize(size_t(blk.rows * nv * p_.codes_per_vector()));
-      for (uint32_t& idx : blk.indices) {
-        idx = uint32_t(br.get(p_.index_bits()));
-        if (idx >= uint32_t(p_.k)) fail("packed {}: codeword index {} >= k = {}", spec(), idx, p_.k);
-      }
-      blocks.push_back(std::move(blk));
-    }
+    const int64_t per_block = p_.block_rows(pk.rows);
+    for (int64_t b = 0; b < p_.blocks(pk.rows); ++b)
+      blocks.push_back(read_block(PackedBits::of(pk), b, 0, std::min(pk.rows, (b + 1) * per_block) - b * per_block));
     return blocks;
+  }
+
+  // Block b's scale and codebooks with its rows [first, first + n) (block-local): every
+  // block before b is full, so b starts at b times a full block's bits.
+  CodebookBlock read_block(const PackedBits& bits, int64_t b, int64_t first, int64_t n) const {
+    const int64_t per_block = p_.block_rows(bits.rows), per_row = p_.vectors_per_row(bits.cols) * p_.codes_per_vector();
+    const uint64_t scale_bits = p_.row_scale ? 16 : 0, index_bits = uint64_t(per_row) * uint64_t(p_.index_bits());
+    const uint64_t start = uint64_t(b) * (p_.codebook_bits() + uint64_t(per_block) * (scale_bits + index_bits));
+    const int64_t block_rows = std::min(bits.rows, (b + 1) * per_block) - b * per_block;
+    BitReader br(bits);
+    br.seek(start);
+    CodebookBlock blk;
+    blk.row0 = b * per_block + first;
+    blk.rows = n;
+    blk.scale = br.get_f32();
+    blk.codebooks.resize(size_t(p_.codes_per_vector()));
+    for (auto& cb : blk.codebooks) {
+      cb.resize(size_t(p_.k * p_.sub_dim()));
+      for (float& v : cb) v = br.get_f16();
+    }
+    const uint64_t scales_at = br.position(), indices_at = scales_at + uint64_t(block_rows) * scale_bits;
+    if (p_.row_scale) {
+      br.seek(scales_at + uint64_t(first) * scale_bits);
+      blk.row_scales.resize(size_t(n));
+      for (float& s : blk.row_scales) s = br.get_f16();
+    }
+    br.seek(indices_at + uint64_t(first) * index_bits);
+    blk.indices.resize(size_t(n * per_row));
+    for (uint32_t& idx : blk.indices) {
+      idx = uint32_t(br.get(p_.index_bits()));
+      if (idx >= uint32_t(p_.k)) fail("packed {}: codeword index {} >= k = {}", spec(), idx, p_.k);
+    }
+    return blk;
   }
 
   CodebookParams p_;
@@ -583,7 +602,7 @@ std::unique_ptr<Format> parse_codebook(const std::vector<std::string>& tokens, c
 // FSQ
 // =========================================================================================
 
-class FsqFormat : public Format {
+class FsqFormat : public RowFormat {
  public:
   FsqFormat(std::vector<int64_t> levels, Grouping grouping) : levels_(std::move(levels)), grouping_(grouping) {
     check_range("number of FSQ levels", int64_t(levels_.size()), 1, 16);
@@ -636,21 +655,32 @@ class FsqFormat : public Format {
     return finish_packed(bw, rows, cols, storage_bits(rows, cols));
   }
 
-  void dequantize(const Packed& pk, float* out) const override {
-    BitReader br(pk);
-    const Scales sc = read_scales(br, pk);
-    const std::vector<float> group_scale = absolute_scales(sc, pk.rows, pk.cols);
-    for (int64_t r = 0; r < pk.rows; ++r)
-      for (int64_t c0 = 0; c0 < pk.cols; c0 += dim()) {
-        const int64_t n = std::min(dim(), pk.cols - c0);
+  // The scales come first (fp32 tensor scale, fp16 group scales), then the rows' codes.
+  void decode_rows(const PackedBits& b, int64_t r0, int64_t nr, float* out) const override {
+    const int64_t cols = b.cols;
+    BitReader sr(b);
+    const float tensor = sr.get_f32();
+    const bool groups = grouping_.kind == Grouping::Group, tensor_only = grouping_.kind == Grouping::Tensor;
+    const int64_t per_row = groups ? grouping_.count(1, cols) : 1;
+    const uint64_t codes_at = 32 + (tensor_only ? 0 : 16 * uint64_t(grouping_.count(b.rows, cols)));
+    std::vector<float> row_scale(size_t(per_row), tensor);  // absolute scales of the row's groups
+    BitReader br = row_reader(b, codes_at, row_code_bits(cols), r0);
+    for (int64_t r = 0; r < nr; ++r) {
+      if (!tensor_only) {
+        sr.seek(32 + 16 * uint64_t(group_of(r0 + r, 0, b.rows, cols)));
+        for (float& s : row_scale) s = tensor * sr.get_f16();
+      }
+      for (int64_t c0 = 0; c0 < cols; c0 += dim()) {
+        const int64_t n = std::min(dim(), cols - c0);
         uint64_t code = br.get(code_bits(n));
         for (int64_t j = 0; j < n; ++j) {
           const int64_t L = levels_[size_t(j)];
           const uint32_t q = uint32_t(code % uint64_t(L));
           code /= uint64_t(L);
-          out[r * pk.cols + c0 + j] = level_value(q, L) * group_scale[size_t(group_of(r, c0 + j, pk.rows, pk.cols))];
+          out[r * cols + c0 + j] = level_value(q, L) * row_scale[size_t(groups ? (c0 + j) / grouping_.size : 0)];
         }
       }
+    }
   }
 
   std::vector<SymbolStream> symbols(const Packed& pk) const override {
