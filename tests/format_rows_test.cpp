@@ -83,6 +83,24 @@ TEST(FormatRows, EveryExampleDecodesRowRangesBitExact) {
   EXPECT_GT(checked, 100);
 }
 
+// lin's output for n tokens of x against the FP32 product of its dequantized weights
+// (deq: rows x stored, the logical columns first), within 1e-4 of the terms' magnitude.
+void expect_forward_matches_fp32(const PackedLinear& lin, const std::vector<float>& deq, int64_t stored,
+                                 const std::vector<float>& x, int64_t n) {
+  const int64_t rows = lin.out_features(), cols = lin.in_features();
+  std::vector<float> y(size_t(n * rows));
+  lin.forward(x.data(), n, y.data());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      double ref = 0, mag = 0;
+      for (int64_t j = 0; j < cols; ++j) {
+        const double term = double(deq[size_t(r * stored + j)]) * x[size_t(t * cols + j)];
+        ref += term, mag += std::fabs(term);
+      }
+      ASSERT_NEAR(y[size_t(t * rows + r)], ref, 1e-4 * mag + 1e-30) << "token " << t << ", row " << r;
+    }
+}
+
 // Quantkit formats without an integer kernel or codebook tables: row tiles (only rht
 // decodes the whole matrix), padding columns beyond the layer's inputs cropped, and the
 // product equal to the FP32 product of the dequantized weights.
@@ -108,17 +126,8 @@ TEST(FormatRows, PackedLinearMultipliesRowTiles) {
     std::vector<float> deq(w.size());
     f->dequantize(p, deq.data());
     for (const int64_t n : {int64_t(3), max_n}) {
-      std::vector<float> y(size_t(n * rows));
-      lin.forward(x.data(), n, y.data());
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t r = 0; r < rows; ++r) {
-          double ref = 0, mag = 0;
-          for (int64_t j = 0; j < cols; ++j) {
-            const double term = double(deq[size_t(r * stored + j)]) * x[size_t(t * cols + j)];
-            ref += term, mag += std::fabs(term);
-          }
-          ASSERT_NEAR(y[size_t(t * rows + r)], ref, 1e-4 * mag + 1e-30) << n << " tokens: token " << t << ", row " << r;
-        }
+      SCOPED_TRACE(std::to_string(n) + " tokens");
+      expect_forward_matches_fp32(lin, deq, stored, x, n);
     }
   }
   EXPECT_GE(row_tiles, 60);  // of the registry's ~90 examples (today 60)
@@ -134,18 +143,9 @@ TEST(FormatRows, LongPromptsRunRowBlocksThroughTheGemm) {
   v.format = "nf4:g64", v.stored_cols = cols;
   PackedLinear lin(v);
   ASSERT_STREQ(lin.path(), "row-tiles");
-  std::vector<float> deq(w.size()), y(size_t(n * rows));
+  std::vector<float> deq(w.size());
   f->dequantize(p, deq.data());
-  lin.forward(x.data(), n, y.data());
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t r = 0; r < rows; ++r) {
-      double ref = 0, mag = 0;
-      for (int64_t j = 0; j < cols; ++j) {
-        const double term = double(deq[size_t(r * cols + j)]) * x[size_t(t * cols + j)];
-        ref += term, mag += std::fabs(term);
-      }
-      ASSERT_NEAR(y[size_t(t * rows + r)], ref, 1e-4 * mag + 1e-30) << "token " << t << ", row " << r;
-    }
+  expect_forward_matches_fp32(lin, deq, cols, x, n);
 }
 
 }  // namespace
