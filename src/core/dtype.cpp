@@ -9,23 +9,29 @@
 namespace quantkit {
 namespace {
 
+// Tensor data need not be aligned to its element size (a GGUF general.alignment of 1,
+// safetensors offsets are arbitrary byte offsets): elements are read with memcpy, which
+// compiles to a plain load. Found by the fuzzer (UBSan: misaligned uint16_t load).
+template <typename T>
+T load(const void* src, int64_t i) {
+  T v;
+  std::memcpy(&v, static_cast<const unsigned char*>(src) + size_t(i) * sizeof(T), sizeof(T));
+  return v;
+}
+
 void f32_to_float(const void* src, float* dst, int64_t n) { std::memcpy(dst, src, size_t(n) * 4); }
 void f64_to_float(const void* src, float* dst, int64_t n) {
-  const double* s = static_cast<const double*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = float(s[i]);
+  for (int64_t i = 0; i < n; ++i) dst[i] = float(load<double>(src, i));
 }
 void f16_to_float(const void* src, float* dst, int64_t n) {
-  const uint16_t* s = static_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+  for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(load<uint16_t>(src, i));
 }
 void bf16_to_float(const void* src, float* dst, int64_t n) {
-  const uint16_t* s = static_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(load<uint16_t>(src, i));
 }
 template <typename T>
 void int_to_float(const void* src, float* dst, int64_t n) {
-  const T* s = static_cast<const T*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = float(s[i]);
+  for (int64_t i = 0; i < n; ++i) dst[i] = float(load<T>(src, i));
 }
 
 // One row per type; block layouts of the quantized types are in io/ggml_dequant.h.
