@@ -16,7 +16,9 @@ constexpr int kLanes = 16;  // partial sums: two AVX registers, a fixed summatio
 constexpr float kExpClamp = 80.0f;
 }  // namespace
 
-QK_VEC_CLONES float dot_f32(const float* a, const float* b, int n) {
+namespace {
+
+[[gnu::always_inline]] inline float dot_body(const float* a, const float* b, int n) {
   float acc[kLanes] = {};
   int i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -27,8 +29,31 @@ QK_VEC_CLONES float dot_f32(const float* a, const float* b, int n) {
   return s;
 }
 
-QK_VEC_CLONES void axpy_f32(float s, const float* x, float* y, int n) {
-  for (int i = 0; i < n; ++i) y[i] += s * x[i];
+}  // namespace
+
+QK_VEC_CLONES void dot_rows_f32(const float* q, const float* k, long stride, int count, int n, float scale,
+                                float* out) {
+  for (int j = 0; j < count; ++j) out[j] = dot_body(q, k + j * stride, n) * scale;
+}
+
+QK_VEC_CLONES void mix_rows_f32(const float* w, float div, const float* x, long stride, int count, float* y, int n) {
+  // y in chunks of 64 held in registers across all positions (same order per element).
+  constexpr int kChunk = 64;
+  int i0 = 0;
+  for (; i0 + kChunk <= n; i0 += kChunk) {
+    float acc[kChunk];
+    for (int i = 0; i < kChunk; ++i) acc[i] = y[i0 + i];
+    for (int j = 0; j < count; ++j) {
+      const float s = w[j] / div;
+      const float* xj = x + j * stride + i0;
+      for (int i = 0; i < kChunk; ++i) acc[i] += s * xj[i];
+    }
+    for (int i = 0; i < kChunk; ++i) y[i0 + i] = acc[i];
+  }
+  for (int j = 0; j < count && i0 < n; ++j) {
+    const float s = w[j] / div;
+    for (int i = i0; i < n; ++i) y[i] += s * x[j * stride + i];
+  }
 }
 
 float exp_shifted_sum(float* v, int n, float max) {

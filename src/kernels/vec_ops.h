@@ -7,10 +7,12 @@
 
 namespace quantkit::kernels {
 
-// sum_i a[i] b[i]
-float dot_f32(const float* a, const float* b, int n);
-// y[i] += s x[i]
-void axpy_f32(float s, const float* x, float* y, int n);
+// Attention over `count` cached positions of one head, one call per head (a call per
+// position cost more than the arithmetic at head size 64):
+//   out[j] = scale * sum_i q[i] k[j stride + i]      (16 partial sums in a fixed order)
+void dot_rows_f32(const float* q, const float* k, long stride, int count, int n, float scale, float* out);
+//   y[i] += (w[j] / div) x[j stride + i], for j = 0 .. count-1 in order
+void mix_rows_f32(const float* w, float div, const float* x, long stride, int count, float* y, int n);
 // v[i] = exp(v[i] - max) (0 where v[i] - max < -80: no subnormal results); returns the sum.
 float exp_shifted_sum(float* v, int n, float max);
 // gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)) with the exponent clamped to

@@ -119,10 +119,9 @@ void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv
         const int vcut = kv.quant ? kv.quant->quantized_values(len) : 0;
         float mx = -INFINITY;
         auto score = [&](const float* K, int j0, int j1) {
-          for (int j = j0; j < j1; ++j) {
-            att[j] = kernels::dot_f32(qt, K + int64_t(j) * kv_dim + kvh * hd, hd) * scale;
-            mx = std::max(mx, att[j]);
-          }
+          if (j1 <= j0) return;
+          kernels::dot_rows_f32(qt, K + int64_t(j0) * kv_dim + kvh * hd, kv_dim, j1 - j0, hd, scale, att.data() + j0);
+          for (int j = j0; j < j1; ++j) mx = std::max(mx, att[j]);
         };
         score(kv.kq, 0, kcut);
         score(kv.k, kcut, len);
@@ -130,7 +129,8 @@ void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv
         float* ot = out + int64_t(t) * dim + h * hd;
         std::fill(ot, ot + hd, 0.0f);
         auto mix = [&](const float* V, int j0, int j1) {
-          for (int j = j0; j < j1; ++j) kernels::axpy_f32(att[j] / sum, V + int64_t(j) * kv_dim + kvh * hd, ot, hd);
+          if (j1 > j0)
+            kernels::mix_rows_f32(att.data() + j0, sum, V + int64_t(j0) * kv_dim + kvh * hd, kv_dim, j1 - j0, ot, hd);
         };
         mix(kv.vq, 0, vcut);
         mix(kv.v, vcut, len);
