@@ -33,7 +33,23 @@ namespace {
 
 QK_VEC_CLONES void dot_rows_f32(const float* q, const float* k, long stride, int count, int n, float scale,
                                 float* out) {
-  for (int j = 0; j < count; ++j) out[j] = dot_body(q, k + j * stride, n) * scale;
+  // Eight positions at a time, each with 8 partial sums (one vector register per position):
+  // the horizontal reduction is paid once per 8 x n products, not per 16. Remaining
+  // positions (and n not a multiple of 8) take the 16-lane dot.
+  constexpr int kRows = 8, kLanes8 = 8;
+  int j = 0;
+  if (n % kLanes8 == 0)
+    for (; j + kRows <= count; j += kRows) {
+      float acc[kRows][kLanes8] = {};
+      for (int i = 0; i < n; i += kLanes8)
+        for (int p = 0; p < kRows; ++p)
+          for (int l = 0; l < kLanes8; ++l) acc[p][l] += q[i + l] * k[(j + p) * stride + i + l];
+      for (int p = 0; p < kRows; ++p) {
+        const float* a = acc[p];
+        out[j + p] = (((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))) * scale;
+      }
+    }
+  for (; j < count; ++j) out[j] = dot_body(q, k + j * stride, n) * scale;
 }
 
 QK_VEC_CLONES void mix_rows_f32(const float* w, float div, const float* x, long stride, int count, float* y, int n) {

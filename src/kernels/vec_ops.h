@@ -9,7 +9,7 @@ namespace quantkit::kernels {
 
 // Attention over `count` cached positions of one head, one call per head (a call per
 // position cost more than the arithmetic at head size 64):
-//   out[j] = scale * sum_i q[i] k[j stride + i]      (16 partial sums in a fixed order)
+//   out[j] = scale * sum_i q[i] k[j stride + i]   (partial sums in a fixed order per position)
 void dot_rows_f32(const float* q, const float* k, long stride, int count, int n, float scale, float* out);
 //   y[i] += (w[j] / div) x[j stride + i], for j = 0 .. count-1 in order
 void mix_rows_f32(const float* w, float div, const float* x, long stride, int count, float* y, int n);
