@@ -242,3 +242,34 @@ TEST(PackedLinearPaths, EvalReportsInt8AndFp32Activations) {
   EXPECT_NE(int8.second, fp32.second);
   EXPECT_NEAR(int8.second, fp32.second, 0.01 * fp32.second);
 }
+
+// Activation quantization (SIMD for full blocks, scalar for the rest) against its definition,
+// bit for bit: d = max|x| / 127, q = round-half-even(x / d), including exact ties.
+TEST(BlockQActivations, QuantizeMatchesTheDefinitionBitForBit) {
+  const int64_t n = 3, cols = 32 * 5 + 7;
+  std::vector<float> x = qk_test::gaussian(size_t(n * cols), 21);
+  for (int64_t i = 0; i < 32; ++i) x[size_t(i)] = float(i % 9) - 4.5f;  // ties: d = 4.5/127
+  x[32] = 127.0f, x[33] = 2.5f, x[34] = -3.5f, x[35] = 0.5f, x[36] = -0.5f;  // d = 1: ties to even
+  for (int64_t i = 64; i < 96; ++i) x[size_t(i)] = 0.0f;  // an all-zero block
+  kernels::Q8Activations a;
+  const int64_t blocks = (cols + 31) / 32;
+  kernels::quantize_activations(x.data(), n, cols, blocks, a);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t len = std::min<int64_t>(32, cols - b * 32);
+      const float* xb = x.data() + t * cols + b * 32;
+      float amax = 0.0f;
+      for (int64_t i = 0; i < len; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+      ASSERT_EQ(a.d[size_t(t * blocks + b)], d) << t << " " << b;
+      int sum = 0;
+      for (int64_t i = 0; i < 32; ++i) {
+        const int q = i < len ? int(std::nearbyint(xb[i] * inv)) : 0;
+        ASSERT_EQ(a.q[size_t((t * blocks + b) * 32 + i)], q) << t << " " << b << " " << i;
+        sum += q;
+      }
+      ASSERT_EQ(a.qsum[size_t(t * blocks + b)], sum);
+    }
+  EXPECT_EQ(a.q[size_t(32 + 1)], 2);   // 2.5 -> 2
+  EXPECT_EQ(a.q[size_t(32 + 2)], -4);  // -3.5 -> -4
+}

@@ -5,6 +5,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/target_region.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include "quantkit/fp16.h"
 
 namespace quantkit::kernels {
@@ -67,7 +71,48 @@ void BlockQMatrix::decode_row(int64_t r, float* out) const {
   }
 }
 
+namespace {
+
+#if defined(__x86_64__)
+QK_TARGET_BEGIN("avx2")
+// One full block of 32 on AVX2, the same bits as the scalar path: the max is exact (vmaxps
+// with the running max second ignores NaN as std::max(amax, nan) does), x * inv is one
+// rounding, and vcvtps2dq rounds to nearest even as nearbyint does.
+float block_absmax_avx2(const float* x) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  for (int i = 0; i < kQBlock; i += 8) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), m);
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+int quantize_block_avx2(const float* x, float inv, int8_t* q) {
+  const __m256 vinv = _mm256_set1_ps(inv);
+  __m256i v[4];
+  for (int k = 0; k < 4; ++k) v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vinv));
+  const __m256i sum32 = _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3]));
+  // packs interleave 128-bit lanes: [0 1 4 5 | 2 3 6 7] in 4-byte groups, undone by a permute.
+  const __m256i w16a = _mm256_packs_epi32(v[0], v[1]), w16b = _mm256_packs_epi32(v[2], v[3]);
+  const __m256i w8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16a, w16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), w8);
+  __m128i h = _mm_add_epi32(_mm256_castsi256_si128(sum32), _mm256_extracti128_si256(sum32, 1));
+  h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+  h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(h);
+}
+QK_TARGET_END
+#endif
+
+}  // namespace
+
 void quantize_activations(const float* x, int64_t n, int64_t cols, int64_t blocks, Q8Activations& a) {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+#else
+  constexpr bool avx2 = false;
+#endif
   a.n = n;
   a.blocks = blocks;
   a.q.resize(size_t(n * blocks * kQBlock));
@@ -78,14 +123,24 @@ void quantize_activations(const float* x, int64_t n, int64_t cols, int64_t block
     for (int64_t b = 0; b < blocks; ++b) {
       const float* xb = x + t * cols + b * kQBlock;
       const int64_t len = std::clamp<int64_t>(cols - b * kQBlock, 0, kQBlock);
-      float amax = 0.0f;
-      for (int64_t i = 0; i < len; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
       int8_t* qb = a.q.data() + (t * blocks + b) * kQBlock;
+      float d;
       int sum = 0;
-      for (int64_t i = 0; i < kQBlock; ++i) {
-        qb[i] = i < len ? int8_t(std::nearbyint(xb[i] * inv)) : 0;
-        sum += qb[i];
+#if defined(__x86_64__)
+      if (avx2 && len == kQBlock) {
+        d = block_absmax_avx2(xb) / 127.0f;
+        sum = quantize_block_avx2(xb, d > 0.0f ? 1.0f / d : 0.0f, qb);
+      } else
+#endif
+      {
+        float amax = 0.0f;
+        for (int64_t i = 0; i < len; ++i) amax = std::max(amax, std::fabs(xb[i]));
+        d = amax / 127.0f;
+        const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+        for (int64_t i = 0; i < kQBlock; ++i) {
+          qb[i] = i < len ? int8_t(std::nearbyint(xb[i] * inv)) : 0;
+          sum += qb[i];
+        }
       }
       a.d[size_t(t * blocks + b)] = d;
       a.s[size_t(t * blocks + b)] = d * float(sum);

@@ -12,3 +12,11 @@
 #define QK_TARGET_BEGIN(features) _Pragma("GCC push_options") _Pragma(QK_TARGET_STR(GCC target(features)))
 #define QK_TARGET_END _Pragma("GCC pop_options")
 #endif
+
+// A function compiled twice, for AVX2+FMA (x86-64-v3) and the baseline, chosen at load time
+// through ifunc (GCC on x86-64 ELF; elsewhere only the baseline).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define QK_AVX2_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define QK_AVX2_CLONES
+#endif

@@ -3,12 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
-// ifunc dispatch (x86-64 ELF): an AVX2+FMA clone and the baseline.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define QK_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define QK_VEC_CLONES
-#endif
+#include "kernels/target_region.h"
+
+#define QK_VEC_CLONES QK_AVX2_CLONES
 
 namespace quantkit::kernels {
 namespace {
