@@ -35,7 +35,20 @@ static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs l
 
 constexpr int kCleanupSignals[] = {SIGINT, SIGTERM, SIGHUP};
 
+// A signal that arrived while another thread was between mkstemp and registration (its
+// mask blocks the signal, but a process-directed signal goes to any thread that does not):
+// that thread raises it again once the file is registered.
+std::atomic<int> g_deferred_signal{0};
+
+void install_handler(int sig);
+
 void remove_temps_and_reraise(int sig) {
+  for (const TempSlot& s : g_temp_slots)
+    if (s.state.load() == kFilling) {
+      g_deferred_signal.store(sig);
+      install_handler(sig);  // SA_RESETHAND removed it: the re-raised signal must find it
+      return;
+    }
   for (TempSlot& s : g_temp_slots)
     if (s.state.load() == kLive) ::unlink(s.path);
   // SA_RESETHAND restored the default action; the re-raised signal is delivered when the
@@ -51,14 +64,24 @@ void install_cleanup_handlers() {
     for (int sig : kCleanupSignals) {
       struct sigaction old {};
       if (::sigaction(sig, nullptr, &old) != 0 || old.sa_handler != SIG_DFL || (old.sa_flags & SA_SIGINFO)) continue;
-      struct sigaction sa {};
-      sa.sa_handler = remove_temps_and_reraise;
-      sigemptyset(&sa.sa_mask);
-      for (int other : kCleanupSignals) sigaddset(&sa.sa_mask, other);
-      sa.sa_flags = SA_RESETHAND;
-      ::sigaction(sig, &sa, nullptr);
+      install_handler(sig);
     }
   });
+}
+
+void install_handler(int sig) {
+  struct sigaction sa {};
+  sa.sa_handler = remove_temps_and_reraise;
+  sigemptyset(&sa.sa_mask);
+  for (int other : kCleanupSignals) sigaddset(&sa.sa_mask, other);
+  sa.sa_flags = SA_RESETHAND;
+  ::sigaction(sig, &sa, nullptr);
+}
+
+// Called by the creating thread, signals still blocked, once its slot is live (or free
+// again): a deferred signal is raised now and delivered when the mask is restored.
+void raise_deferred_signal() {
+  if (const int sig = g_deferred_signal.exchange(0)) ::raise(sig);
 }
 
 // Creates a unique file from `tmpl` (ending in XXXXXX) inside a slot; returns its fd and
@@ -66,7 +89,8 @@ void install_cleanup_handlers() {
 // removed by the destructor, not on a signal).
 // The cleanup signals are blocked while a file is created and registered: one arriving
 // between mkstemp and kLive would otherwise leave the new file behind (it is delivered, and
-// the file removed, when the mask is restored).
+// the file removed, when the mask is restored). Other threads do not block them: a signal
+// they take in that window is deferred to this thread (remove_temps_and_reraise).
 class CleanupSignalsBlocked {
  public:
   CleanupSignalsBlocked() {
@@ -96,10 +120,12 @@ int create_registered_temp(std::string& tmpl, int* slot_out) {
       const int fd = ::mkstemp(buf);
       if (fd < 0) {
         g_temp_slots[i].state.store(kFree);
+        raise_deferred_signal();
         return -1;
       }
       tmpl = buf;
       g_temp_slots[i].state.store(kLive);
+      raise_deferred_signal();
       *slot_out = i;
       return fd;
     }
