@@ -107,6 +107,13 @@ QK_TARGET_END
 
 }  // namespace
 
+int integer_zero_point(const BlockQMatrix& w) {
+  if (w.kind == CodeKind::S4) return 8;
+  if (w.kind != CodeKind::U4 || w.has_min) return 0;
+  const int z = int(w.offset);
+  return float(z) == w.offset && z >= 1 && z <= 255 ? z : 0;
+}
+
 void quantize_activations(const float* x, int64_t n, int64_t cols, int64_t blocks, Q8Activations& a) {
 #if defined(__x86_64__)
   static const bool avx2 = __builtin_cpu_supports("avx2");

@@ -66,6 +66,10 @@ struct Q8Activations {
 
 void quantize_activations(const float* x, int64_t n, int64_t cols, int64_t blocks, Q8Activations& a);
 
+// z when every block's offset m = -z d with an integer z in [1, 255] (8 for S4): a zero
+// point of the unsigned codes, which the kernels fold into an integer bias; else 0.
+int integer_zero_point(const BlockQMatrix& w);
+
 // y[t * ldy + r] = row r of w . token t of a, for rows [r0, r1) and every token: the
 // fastest kernel this CPU has (AVX-512 VNNI, AVX2, or scalar).
 void blockq_matmul(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1);

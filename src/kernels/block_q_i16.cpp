@@ -147,11 +147,8 @@ void blockq_matmul_i16(const BlockQMatrix& w, const Q8Activations& a, float* y, 
   if (r0 >= r1) return;
   alignas(16) int8_t lut128[16];
   for (int i = 0; i < 16; ++i) lut128[i] = int8_t(w.lut[size_t(i)] + 128);
-  // An offset m = -z d with an integer z in [1, 255] is a zero point of the unsigned codes.
-  int z = 0;
-  if (w.kind == CodeKind::S4) z = 8;
-  else if (w.kind == CodeKind::S8 || w.kind == CodeKind::Lut4) z = 128;
-  else if (!w.has_min && float(int(w.offset)) == w.offset && w.offset >= 1.0f && w.offset <= 255.0f) z = int(w.offset);
+  // Bytes and looked-up values are stored / tabled + 128: that is their zero point.
+  const int z = w.kind == CodeKind::S8 || w.kind == CodeKind::Lut4 ? 128 : integer_zero_point(w);
   const bool min = w.has_min || (z == 0 && w.offset != 0.0f) || (w.kind != CodeKind::U4 && w.offset != 0.0f);
   const GroupArgs p{w, a, y, ldy, z,
                     _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(lut128))), w.has_min};

@@ -223,14 +223,6 @@ void matmul_rows(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_
   for (; r < r1; ++r) rows_all_tokens<P, K, 1>(w, a, y, ldy, r, lut, zp, with_min);
 }
 
-// An offset m = -z d with an integer z in [1, 255] is a zero point of the unsigned codes.
-int integer_zero_point(const BlockQMatrix& w) {
-  if (w.kind == CodeKind::S4) return 8;
-  if (w.kind != CodeKind::U4 || w.has_min) return 0;
-  const int z = int(w.offset);
-  return float(z) == w.offset && z >= 1 && z <= 255 ? z : 0;
-}
-
 void dispatch(const BlockQMatrix& w, const Q8Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   if (const int z = integer_zero_point(w)) return matmul_rows<Path::ZeroPoint, CodeKind::U4>(w, a, y, ldy, r0, r1, z);
   switch (w.kind) {
