@@ -68,7 +68,7 @@ Rendered render(const std::string& html, const std::string& dir, const std::stri
   std::system(("timeout 60 " + base + "--screenshot=" + shot + " " + url + " >" + dir + "/shot.out 2>" + dir + "/shot.err").c_str());
   std::system(("timeout 60 " + base + "--dump-dom " + url + " >" + dir + "/dom.html 2>" + dir + "/dom.err").c_str());
   Rendered r{qk_test::read_file(dir + "/dom.html"), "", qk_test::read_file(shot)};
-  for (const std::string log : {qk_test::read_file(dir + "/shot.err"), qk_test::read_file(dir + "/dom.err")}) {
+  for (const std::string& log : {qk_test::read_file(dir + "/shot.err"), qk_test::read_file(dir + "/dom.err")}) {
     std::istringstream lines(log);
     for (std::string line; std::getline(lines, line);)
       if (line.find(":CONSOLE") != std::string::npos || line.find("Uncaught") != std::string::npos) r.console += line + "\n";

@@ -18,8 +18,11 @@ struct LlamaLayer {
   std::unique_ptr<Linear> wq, wk, wv, wo, w_gate, w_up, w_down;
 };
 
-// Keys and values of every processed position, per layer: [max_seq, kv_dim]. With a
-// quantized KV spec, `quant` holds them instead and k, v stay empty.
+// Keys and values of every processed position, per layer, head-major:
+// [n_kv_heads, capacity, head_dim], so attention streams each head's positions from
+// contiguous memory (position-major rows put every head_dim slice on its own 4 KiB page at
+// real widths, where the hardware prefetchers stop). With a quantized KV spec, `quant`
+// holds them instead and k, v stay empty.
 struct KVCache {
   std::vector<std::vector<float>> k, v;
   int capacity = 0;
@@ -28,10 +31,12 @@ struct KVCache {
 
 // Where attention reads keys/values: for a query at position p, keys j < quant->
 // quantized_keys(p + 1) come from kq, the others from k (values likewise); without
-// `quant`, everything comes from k and v.
+// `quant`, everything comes from k and v. Element d of kv head h at position j is
+// at [h * head_stride + j * row_stride + d] in each of the four.
 struct AttentionKV {
   const float *k, *v, *kq, *vq;
   const QuantizedKV* quant = nullptr;
+  int64_t head_stride = 0, row_stride = 0;
 };
 
 // The four activations that feed a layer's linear maps (q/k/v share one, gate/up share
@@ -67,6 +72,8 @@ class LlamaModel {
   std::vector<LlamaLayer>& layers() { return layers_; }
 
  private:
+  // Writes keys/values [n, kv_dim] of positions [pos, pos + n) into the head-major FP32 cache.
+  void store_kv(KVCache& cache, int l, int pos, int n, const float* k, const float* v) const;
   void attention(const float* q, int n, int pos, const AttentionKV& kv, float* out) const;
   void rope(float* x, int n, int pos, int n_heads) const;
 

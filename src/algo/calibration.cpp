@@ -128,7 +128,8 @@ Calibrator::Calibrator(const LlamaModel& model, const std::vector<int>& tokens, 
   }
 }
 
-// A cache for one layer only: forward_layer touches cache.k[layer] / cache.v[layer] alone.
+// A cache for one layer only: forward_layer touches cache.k[layer] / cache.v[layer] alone
+// (each [n_kv_heads, ctx, head_dim]).
 KVCache Calibrator::layer_cache(int layer) const {
   const LlamaConfig& c = model_.config();
   KVCache cache;

@@ -102,7 +102,7 @@ void LlamaModel::rope(float* x, int n, int pos, int n_heads) const {
 }
 
 void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv, float* out) const {
-  const int hd = cfg_.head_dim(), dim = cfg_.dim, kv_dim = cfg_.kv_dim();
+  const int hd = cfg_.head_dim(), dim = cfg_.dim;
   const int group = cfg_.n_heads / cfg_.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(hd));
   // Heads are independent; each thread takes whole heads so results do not depend on
@@ -120,7 +120,8 @@ void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv
         float mx = -INFINITY;
         auto score = [&](const float* K, int j0, int j1) {
           if (j1 <= j0) return;
-          kernels::dot_rows_f32(qt, K + int64_t(j0) * kv_dim + kvh * hd, kv_dim, j1 - j0, hd, scale, att.data() + j0);
+          kernels::dot_rows_f32(qt, K + kvh * kv.head_stride + j0 * kv.row_stride, kv.row_stride, j1 - j0, hd, scale,
+                                att.data() + j0);
           for (int j = j0; j < j1; ++j) mx = std::max(mx, att[j]);
         };
         score(kv.kq, 0, kcut);
@@ -130,13 +131,24 @@ void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv
         std::fill(ot, ot + hd, 0.0f);
         auto mix = [&](const float* V, int j0, int j1) {
           if (j1 > j0)
-            kernels::mix_rows_f32(att.data() + j0, sum, V + int64_t(j0) * kv_dim + kvh * hd, kv_dim, j1 - j0, ot, hd);
+            kernels::mix_rows_f32(att.data() + j0, sum, V + kvh * kv.head_stride + j0 * kv.row_stride, kv.row_stride,
+                                  j1 - j0, ot, hd);
         };
         mix(kv.vq, 0, vcut);
         mix(kv.v, vcut, len);
       }
     }
   });
+}
+
+void LlamaModel::store_kv(KVCache& cache, int l, int pos, int n, const float* k, const float* v) const {
+  const int hd = cfg_.head_dim(), kv_dim = cfg_.kv_dim();
+  for (int t = 0; t < n; ++t)
+    for (int h = 0; h < cfg_.n_kv_heads; ++h) {
+      const size_t dst = (size_t(h) * cache.capacity + size_t(pos + t)) * hd, src = size_t(t) * kv_dim + size_t(h) * hd;
+      std::memcpy(&cache.k[l][dst], k + src, sizeof(float) * hd);
+      std::memcpy(&cache.v[l][dst], v + src, sizeof(float) * hd);
+    }
 }
 
 void LlamaModel::embed(const int* tokens, int n, float* x) const {
@@ -160,20 +172,22 @@ void LlamaModel::forward_layer(int l, float* x, int n, int pos, KVCache& cache,
   rms_norm(x, L.attn_norm.data(), cfg_.rms_eps, n, dim, xn.data());
   if (observe) observe(l, LinearInput::Attention, xn.data(), n, dim);
   L.wq->forward(xn.data(), n, q.data());
-  // A quantized cache takes the new rows from scratch buffers and hands back what to read.
-  std::vector<float> knew(cache.quant ? size_t(n) * kv_dim : 0), vnew(knew.size());
-  float* kdst = cache.quant ? knew.data() : &cache.k[l][size_t(pos) * kv_dim];
-  float* vdst = cache.quant ? vnew.data() : &cache.v[l][size_t(pos) * kv_dim];
-  L.wk->forward(xn.data(), n, kdst);
-  L.wv->forward(xn.data(), n, vdst);
+  // The new rows go through scratch buffers: into the quantized store (which hands back
+  // what to read, position-major) or scattered into the head-major FP32 cache.
+  std::vector<float> knew(size_t(n) * kv_dim), vnew(knew.size());
+  L.wk->forward(xn.data(), n, knew.data());
+  L.wv->forward(xn.data(), n, vnew.data());
   rope(q.data(), n, pos, cfg_.n_heads);
-  rope(kdst, n, pos, cfg_.n_kv_heads);
+  rope(knew.data(), n, pos, cfg_.n_kv_heads);
   KVRows rows;
-  AttentionKV kv{cache.k.empty() ? nullptr : cache.k[l].data(), cache.v.empty() ? nullptr : cache.v[l].data(),
-                 nullptr, nullptr};
+  AttentionKV kv;
   if (cache.quant) {
-    cache.quant->append(l, pos, n, kdst, vdst, rows);
-    kv = {rows.k.data(), rows.v.data(), rows.kq.data(), rows.vq.data(), cache.quant.get()};
+    cache.quant->append(l, pos, n, knew.data(), vnew.data(), rows);
+    kv = {rows.k.data(), rows.v.data(), rows.kq.data(), rows.vq.data(), cache.quant.get(), cfg_.head_dim(), kv_dim};
+  } else {
+    store_kv(cache, l, pos, n, knew.data(), vnew.data());
+    kv = {cache.k[l].data(), cache.v[l].data(), nullptr, nullptr, nullptr, int64_t(cache.capacity) * cfg_.head_dim(),
+          cfg_.head_dim()};
   }
   attention(q.data(), n, pos, kv, att.data());
   if (observe) observe(l, LinearInput::AttentionOutput, att.data(), n, dim);
