@@ -2,6 +2,8 @@
 
 #include <cblas.h>
 
+#include <chrono>
+#include <exception>
 #include <memory>
 
 namespace quantkit {
@@ -13,7 +15,7 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true);
   }
   start_cv_.notify_all();
   for (auto& t : threads_) t.join();
@@ -36,22 +38,41 @@ static void run_chunk(const std::function<void(int64_t, int64_t)>& fn, int64_t n
   t_in_chunk = false;
 }
 
+static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Polls `ready` for up to 200 us; true once it holds. Long enough to bridge the serial
+// work between a token's parallel_fors, short enough that an idle pool soon sleeps.
+template <class Ready>
+static bool spin_until(Ready ready) {
+  constexpr auto kSpin = std::chrono::microseconds(200);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (unsigned i = 1;; ++i) {
+    if (ready()) return true;
+    cpu_relax();
+    if (i % 256 == 0 && std::chrono::steady_clock::now() - t0 > kSpin) return false;
+  }
+}
+
 void ThreadPool::worker(int id) {
   uint64_t seen = 0;
+  const auto started = [&] { return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen; };
   for (;;) {
-    const std::function<void(int64_t, int64_t)>* job;
-    int64_t n;
-    {
+    if (!spin_until(started)) {
       std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
-      n = job_n_;
+      start_cv_.wait(lock, started);
     }
-    run_chunk(*job, n, id, n_threads_);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (--pending_ == 0) done_cv_.notify_one();
+    if (stop_.load()) return;
+    // job_ / job_n_ were written before the generation was published (release).
+    seen = generation_.load(std::memory_order_acquire);
+    run_chunk(*job_, job_n_, id, n_threads_);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mu_);  // the caller checks pending_ under it before sleeping
+      done_cv_.notify_one();
+    }
   }
 }
 
@@ -60,17 +81,26 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     if (n > 0) fn(0, n);
     return;
   }
+  job_ = &fn;
+  job_n_ = n;
+  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    job_ = &fn;
-    job_n_ = n;
-    pending_ = n_threads_ - 1;
-    ++generation_;
+    std::lock_guard<std::mutex> lock(mu_);  // a worker checks the generation under it before sleeping
+    generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
-  run_chunk(fn, n, 0, n_threads_);
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [&] { return pending_ == 0; });
+  std::exception_ptr error;
+  try {
+    run_chunk(fn, n, 0, n_threads_);
+  } catch (...) {
+    error = std::current_exception();  // the workers still use fn: wait for them first
+  }
+  const auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, done);
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 namespace {
