@@ -31,8 +31,10 @@ void expect_every_index_once(ThreadPool& pool, int jobs, int64_t n, std::chrono:
 }  // namespace
 
 TEST(ThreadPool, BackToBackJobsVisitEveryIndexOnce) {
-  ThreadPool pool(4);
-  expect_every_index_once(pool, 5000, 37, std::chrono::microseconds(0));
+  for (int threads : {2, 4, 8}) {  // spinning (threads <= cores) and sleeping hand-offs
+    ThreadPool pool(threads);
+    expect_every_index_once(pool, 3000, 37, std::chrono::microseconds(0));
+  }
 }
 
 TEST(ThreadPool, JobsAfterTheWorkersSleptStillRun) {

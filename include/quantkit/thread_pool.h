@@ -3,6 +3,7 @@
 // threads run (results are identical for any thread count).
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -27,6 +28,7 @@ class ThreadPool {
   void worker(int id);
 
   int n_threads_;
+  std::chrono::microseconds spin_;  // 0 with more threads than cores
   std::vector<std::thread> threads_;
   // Workers and the caller spin briefly on the atomics before sleeping on the condition
   // variables: generation issues ~150 short parallel_fors per token, and a futex wake-up

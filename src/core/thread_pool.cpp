@@ -8,7 +8,9 @@
 
 namespace quantkit {
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+ThreadPool::ThreadPool(int n_threads)
+    : n_threads_(n_threads < 1 ? 1 : n_threads),
+      spin_(unsigned(n_threads_) <= std::thread::hardware_concurrency() ? 200 : 0) {
   for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
 
@@ -44,16 +46,21 @@ static void cpu_relax() {
 #endif
 }
 
-// Polls `ready` for up to 200 us; true once it holds. Long enough to bridge the serial
-// work between a token's parallel_fors, short enough that an idle pool soon sleeps.
+// Polls `ready` for up to `limit`; true once it holds. 200 us bridges the serial work
+// between a token's parallel_fors and lets an idle pool soon sleep. The yields hand the
+// core to a thread that has work when cores are shared (other processes, or more
+// threads than cores, where the pool does not spin at all).
 template <class Ready>
-static bool spin_until(Ready ready) {
-  constexpr auto kSpin = std::chrono::microseconds(200);
+static bool spin_until(Ready ready, std::chrono::microseconds limit) {
+  if (limit.count() == 0) return ready();
   const auto t0 = std::chrono::steady_clock::now();
   for (unsigned i = 1;; ++i) {
     if (ready()) return true;
     cpu_relax();
-    if (i % 256 == 0 && std::chrono::steady_clock::now() - t0 > kSpin) return false;
+    if (i % 128 == 0) {
+      if (std::chrono::steady_clock::now() - t0 > limit) return false;
+      std::this_thread::yield();
+    }
   }
 }
 
@@ -61,7 +68,7 @@ void ThreadPool::worker(int id) {
   uint64_t seen = 0;
   const auto started = [&] { return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen; };
   for (;;) {
-    if (!spin_until(started)) {
+    if (!spin_until(started, spin_)) {
       std::unique_lock<std::mutex> lock(mu_);
       start_cv_.wait(lock, started);
     }
@@ -96,7 +103,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     error = std::current_exception();  // the workers still use fn: wait for them first
   }
   const auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
-  if (!spin_until(done)) {
+  if (!spin_until(done, spin_)) {
     std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, done);
   }
