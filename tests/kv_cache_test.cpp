@@ -2,13 +2,16 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <map>
 #include <random>
 
+#include "kernels/vec_ops.h"
 #include "quantkit/error.h"
 #include "quantkit/eval.h"
+#include "quantkit/fp16.h"
 #include "quantkit/tokenizer.h"
 #include "test_util.h"
 
@@ -65,7 +68,12 @@ TEST(KVSpec, ParsesAndPrintsCanonically) {
   EXPECT_EQ(parse_kv_spec("int4:b64:r16").str(), "int4:b64:r16,int4:r16");
   EXPECT_EQ(parse_kv_spec("int2:b128,int8:g32:r4").str(), "int2:b128,int8:g32:r4");
   EXPECT_EQ(parse_kv_spec("vidkv:o0.25,ternary:g16").k.outliers, 0.25);
-  for (const char* s : {"f32,int4", "int8:r32,f32", "vidkv:b64:o0.1,ternary:g32", "int2:b16:r8,int2:g8:r8",
+  EXPECT_EQ(parse_kv_spec("f16").str(), "f16,f16");
+  EXPECT_TRUE(parse_kv_spec("f16").is_plain());
+  EXPECT_TRUE(parse_kv_spec("f32,f16").is_plain());
+  EXPECT_FALSE(parse_kv_spec("f16,int4").is_plain());
+  EXPECT_EQ(kv_bits_per_element(parse_kv_spec("f16").k, true, 64, 16), 16.0);
+  for (const char* s : {"f16,f32", "f16,int4", "int8,f16", "f32,int4", "int8:r32,f32", "vidkv:b64:o0.1,ternary:g32", "int2:b16:r8,int2:g8:r8",
                         "int4,ternary", "vidkv,int2"}) {
     const KVSpec k = parse_kv_spec(s);
     EXPECT_EQ(parse_kv_spec(k.str()), k) << s;
@@ -238,4 +246,50 @@ TEST(KVCache, PerplexityAndKLOrderOnAidreams) {
   EXPECT_LE(kl["int8"], kl["int4"]);
   EXPECT_LE(kl["int4"], kl["int2"]);
   EXPECT_LE(kl["int2:r32"], kl["int2"]);
+}
+
+TEST(KVCache, Fp16RowKernelsEqualTheFp32KernelsOnWidenedRows) {
+  for (int n : {16, 64, 80, 128}) {
+    for (int count : {1, 7, 8, 37, 300}) {
+      const long stride = 3 * n;  // rows of one head inside wider rows
+      const std::vector<float> q = gaussian(size_t(n), 1), src = gaussian(size_t(count) * stride, 2);
+      std::vector<uint16_t> h(src.size());
+      std::vector<float> wide(src.size());
+      for (size_t i = 0; i < src.size(); ++i) h[i] = f32_to_f16(src[i]), wide[i] = f16_to_f32(h[i]);
+      std::vector<float> s16(static_cast<size_t>(count)), s32(s16.size());
+      kernels::dot_rows_f16(q.data(), h.data(), stride, count, n, 0.125f, s16.data());
+      kernels::dot_rows_f32(q.data(), wide.data(), stride, count, n, 0.125f, s32.data());
+      for (int j = 0; j < count; ++j) ASSERT_EQ(s16[j], s32[j]) << "n " << n << " count " << count << " pos " << j;
+      std::vector<float> w = gaussian(size_t(count), 3), y16 = gaussian(size_t(n), 4), y32 = y16;
+      for (float& x : w) x = std::fabs(x);
+      kernels::mix_rows_f16(w.data(), 1.7f, h.data(), stride, count, y16.data(), n);
+      kernels::mix_rows_f32(w.data(), 1.7f, wide.data(), stride, count, y32.data(), n);
+      for (int i = 0; i < n; ++i) ASSERT_EQ(y16[i], y32[i]) << "n " << n << " count " << count << " dim " << i;
+    }
+  }
+  std::vector<uint16_t> h = {0x0000, 0x8000, 0x0001, 0x03ff, 0x3c00, 0x7bff, 0xfbff, 0x7c00, 0xfc00, 0x3555};
+  std::vector<float> out(h.size());
+  kernels::f16_to_f32_row(h.data(), out.data(), int(h.size()));  // 8 vector + 2 scalar
+  for (size_t i = 0; i < h.size(); ++i) EXPECT_EQ(std::bit_cast<uint32_t>(out[i]), std::bit_cast<uint32_t>(f16_to_f32(h[i]))) << i;
+}
+
+TEST(KVCache, Fp16CacheHoldsHalfTheBytesAndStaysCloseToFp32) {
+  auto& a = aidreams();
+  const KVSpec f16 = parse_kv_spec("f16");
+  KVCache c = a.model.make_cache(64, f16);
+  EXPECT_TRUE(c.k.empty() && c.v.empty() && !c.quant);
+  ASSERT_EQ(c.k16.size(), size_t(a.model.config().n_layers));
+  EXPECT_EQ(c.k16[0].size(), size_t(64) * a.model.config().kv_dim());
+  const std::vector<int> toks(a.eval.begin(), a.eval.begin() + 48);
+  const std::vector<float> ref = run(KVSpec{}, toks, false), half = run(f16, toks, false);
+  const std::vector<float> half_steps = run(f16, toks, true);
+  EXPECT_GT(mse(ref, half), 0.0);       // the rounding is real
+  EXPECT_LT(mse(ref, half), 1e-6);      // and small: FP16 keeps 11 significant bits
+  EXPECT_LT(mse(half, half_steps), 2e-8);  // batch vs token by token: kernel rounding only
+  std::printf("f16 vs f32 cache: logits MSE %.3g (batch), %.3g (token by token)\n", mse(ref, half),
+              mse(run(KVSpec{}, toks, true), half_steps));
+  // Mixed sides: FP16 keys with FP32 values in the plain cache; FP16 with a quantized side
+  // through QuantizedKV.
+  EXPECT_LT(mse(ref, run(parse_kv_spec("f16,f32"), toks, true)), 1e-5);
+  EXPECT_LT(mse(run(parse_kv_spec("f32,int8"), toks, false), run(parse_kv_spec("f16,int8"), toks, false)), 1e-5);
 }

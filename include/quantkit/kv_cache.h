@@ -7,9 +7,11 @@
 // ternary values: per token and group, absmean scale, codes {-1, 0, 1} packed 5 per byte.
 // Scales and offsets are FP16. Positions that do not yet fill a key block, and the most
 // recent `residual` positions, stay in FP32 until they leave the window.
+// f16 stores each element rounded to FP16 (llama.cpp's default cache); with both sides
+// f32 or f16 the model keeps a plain cache (KVCache) and attention reads it directly.
 //
 // Spec syntax: "K_SPEC,V_SPEC" or one spec for both sides ("vidkv" alone = "vidkv,ternary").
-//   side   := kind[:option]...    kind := f32 | int8 | int4 | int2 | vidkv (keys) | ternary (values)
+//   side   := kind[:option]...    kind := f32 | f16 | int8 | int4 | int2 | vidkv (keys) | ternary (values)
 //   option := bN (key block tokens, default 32) | gN (value group channels, default one head)
 //           | rN (FP32 residual window, default 0) | oF (vidkv outlier fraction, default 0.2)
 #pragma once
@@ -19,7 +21,7 @@
 
 namespace quantkit {
 
-enum class KVKind { F32, Int, VidKV, Ternary };
+enum class KVKind { F32, F16, Int, VidKV, Ternary };
 
 struct KVSideSpec {
   KVKind kind = KVKind::F32;
@@ -34,6 +36,10 @@ struct KVSideSpec {
 struct KVSpec {
   KVSideSpec k, v;
   bool is_f32() const { return k.kind == KVKind::F32 && v.kind == KVKind::F32; }
+  // Each side f32 or f16: a plain cache, no QuantizedKV.
+  bool is_plain() const {
+    return (k.kind == KVKind::F32 || k.kind == KVKind::F16) && (v.kind == KVKind::F32 || v.kind == KVKind::F16);
+  }
   std::string str() const;  // canonical "K,V" form; parse_kv_spec(str()) == *this
   bool operator==(const KVSpec&) const = default;
 };

@@ -21,20 +21,22 @@ struct LlamaLayer {
 // Keys and values of every processed position, per layer, head-major:
 // [n_kv_heads, capacity, head_dim], so attention streams each head's positions from
 // contiguous memory (position-major rows put every head_dim slice on its own 4 KiB page at
-// real widths, where the hardware prefetchers stop). With a quantized KV spec, `quant`
-// holds them instead and k, v stay empty.
+// real widths, where the hardware prefetchers stop). A side in f16 (--kv f16) lives in
+// k16 / v16 instead of k / v. With a quantized KV spec, `quant` holds them and all stay empty.
 struct KVCache {
   std::vector<std::vector<float>> k, v;
+  std::vector<std::vector<uint16_t>> k16, v16;
   int capacity = 0;
   std::unique_ptr<QuantizedKV> quant;
 };
 
 // Where attention reads keys/values: for a query at position p, keys j < quant->
 // quantized_keys(p + 1) come from kq, the others from k (values likewise); without
-// `quant`, everything comes from k and v. Element d of kv head h at position j is
-// at [h * head_stride + j * row_stride + d] in each of the four.
+// `quant`, everything comes from k and v (or their FP16 forms k16 / v16, when set). Element
+// d of kv head h at position j is at [h * head_stride + j * row_stride + d] in each.
 struct AttentionKV {
-  const float *k, *v, *kq, *vq;
+  const float *k = nullptr, *v = nullptr, *kq = nullptr, *vq = nullptr;
+  const uint16_t *k16 = nullptr, *v16 = nullptr;
   const QuantizedKV* quant = nullptr;
   int64_t head_stride = 0, row_stride = 0;
 };

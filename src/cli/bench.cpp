@@ -112,7 +112,9 @@ class Runner {
 
   size_t kv_bytes_per_position(const KVCache& cache, int len) const {
     if (cache.quant) return len > 0 ? cache.quant->bytes() / size_t(len) : 0;
-    return size_t(2) * m_.config().n_layers * m_.config().kv_dim() * sizeof(float);
+    const size_t k = cache.k16.empty() ? sizeof(float) : sizeof(uint16_t);
+    const size_t v = cache.v16.empty() ? sizeof(float) : sizeof(uint16_t);
+    return (k + v) * m_.config().n_layers * m_.config().kv_dim();
   }
 
   const LlamaModel& m_;
@@ -265,7 +267,7 @@ Register reg({"bench", "prompt and generation speed, effective weight bandwidth 
   app.add_option("-p,--prompt", a->prompt, "prompt tokens processed in one forward (0: skip)")->check(CLI::Range(0, 1 << 20));
   app.add_option("-n,--gen", a->gen, "tokens generated one by one after the prompt (0: skip)")->check(CLI::Range(0, 1 << 20));
   app.add_option("-r,--reps", a->reps, "repetitions (the median is reported)")->check(CLI::Range(1, 1000));
-  app.add_option("--kv", a->kv, "KV cache format K_SPEC,V_SPEC (f32, int8, int4, int2, vidkv, ternary; :bN :gN :rN :oF)");
+  app.add_option("--kv", a->kv, "KV cache format K_SPEC,V_SPEC (f32, f16, int8, int4, int2, vidkv, ternary; :bN :gN :rN :oF)");
   app.add_option("--seed", a->seed, "seed of the random prompt");
   app.add_option("--stream-mb", a->stream_mb, "bandwidth test: MiB per array (default: 4 x last-level cache, 64..1024)")
       ->check(CLI::Range(1, 1 << 16));

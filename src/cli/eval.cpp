@@ -88,7 +88,7 @@ Register reg({"eval", "perplexity and KL divergence on a text", [](CLI::App& app
   app.add_option("--ref", a->ref, "reference model for KL divergence (e.g. the FP32 original)");
   app.add_option("--ref-tokenizer", a->ref_tokenizer, "tokenizer for a llama2.c reference (default: --tokenizer)");
   app.add_option("--doc-separator", a->separator, "replace each line holding only this string by nothing (e.g. '<|endoftext|>')");
-  app.add_option("--kv", a->kv, "KV cache format K_SPEC,V_SPEC (f32, int8, int4, int2, vidkv, ternary; :bN :gN :rN :oF); "
+  app.add_option("--kv", a->kv, "KV cache format K_SPEC,V_SPEC (f32, f16, int8, int4, int2, vidkv, ternary; :bN :gN :rN :oF); "
                  "without --ref, KL is against an FP32 cache");
   app.add_flag("--fp32-activations", a->fp32_activations,
                "multiply quantized weights with FP32 activations (default: int8 per 32, as llama.cpp), "

@@ -80,7 +80,7 @@ Register reg({"generate", "continue a prompt with a model", [](CLI::App& app) {
   app.add_option("--temp", a->temp, "temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
   app.add_option("--top-p", a->top_p, "nucleus sampling threshold")->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", a->seed, "random seed for sampling");
-  app.add_option("--kv", a->kv, "KV cache format K_SPEC,V_SPEC (f32, int8, int4, int2, vidkv, ternary; :bN :gN :rN :oF)");
+  app.add_option("--kv", a->kv, "KV cache format K_SPEC,V_SPEC (f32, f16, int8, int4, int2, vidkv, ternary; :bN :gN :rN :oF)");
   app.add_flag("--json", a->json, "machine-readable result on stdout");
   return [a] { return run_generate(*a); };
 }});

@@ -1,9 +1,13 @@
 #include "kernels/vec_ops.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/target_region.h"
+#include "quantkit/fp16.h"
 
 #define QK_VEC_CLONES QK_AVX2_CLONES
 
@@ -66,6 +70,54 @@ QK_VEC_CLONES void mix_rows_f32(const float* w, float div, const float* x, long 
   for (int j = 0; j < count && i0 < n; ++j) {
     const float s = w[j] / div;
     for (int i = i0; i < n; ++i) y[i] += s * x[j * stride + i];
+  }
+}
+
+QK_TARGET_BEGIN("avx2,f16c")
+static void f16_to_f32_row_f16c(const uint16_t* src, float* dst, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+QK_TARGET_END
+
+void f16_to_f32_row(const uint16_t* src, float* dst, int n) {
+  // AVX2 stands for F16C (every AVX2 CPU has it; clang's __builtin_cpu_supports lacks "f16c").
+  static const bool f16c = __builtin_cpu_supports("avx2");
+  if (f16c) return f16_to_f32_row_f16c(src, dst, n);
+  for (int i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+
+namespace {
+// Positions widened per chunk: a multiple of dot_rows_f32's 8-position groups, ~16 KiB.
+int f16_chunk(int n) { return std::max(8, (4096 / std::max(n, 1)) / 8 * 8); }
+
+// A per-thread buffer for the widened rows: no allocation per call once grown.
+std::vector<float>& widened_rows(size_t size) {
+  thread_local std::vector<float> rows;
+  if (rows.size() < size) rows.resize(size);
+  return rows;
+}
+}  // namespace
+
+void dot_rows_f16(const float* q, const uint16_t* k, long stride, int count, int n, float scale, float* out) {
+  const int chunk = f16_chunk(n);
+  std::vector<float>& rows = widened_rows(size_t(chunk) * n);
+  for (int j0 = 0; j0 < count; j0 += chunk) {
+    const int c = std::min(chunk, count - j0);
+    for (int p = 0; p < c; ++p) f16_to_f32_row(k + (j0 + p) * stride, rows.data() + size_t(p) * n, n);
+    dot_rows_f32(q, rows.data(), n, c, n, scale, out + j0);
+  }
+}
+
+void mix_rows_f16(const float* w, float div, const uint16_t* x, long stride, int count, float* y, int n) {
+  const int chunk = f16_chunk(n);
+  std::vector<float>& rows = widened_rows(size_t(chunk) * n);
+  for (int j0 = 0; j0 < count; j0 += chunk) {
+    const int c = std::min(chunk, count - j0);
+    for (int p = 0; p < c; ++p) f16_to_f32_row(x + (j0 + p) * stride, rows.data() + size_t(p) * n, n);
+    mix_rows_f32(w + j0, div, rows.data(), n, c, y, n);
   }
 }
 

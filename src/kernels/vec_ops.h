@@ -4,6 +4,7 @@
 // beyond that choice.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace quantkit::kernels {
 
@@ -13,6 +14,13 @@ namespace quantkit::kernels {
 void dot_rows_f32(const float* q, const float* k, long stride, int count, int n, float scale, float* out);
 //   y[i] += (w[j] / div) x[j stride + i], for j = 0 .. count-1 in order
 void mix_rows_f32(const float* w, float div, const float* x, long stride, int count, float* y, int n);
+// The same over FP16 rows (a --kv f16 cache): rows are widened to FP32 in chunks of
+// whole 8-position groups and go through the FP32 loops, so the results equal the FP32
+// kernels on the widened rows bit for bit.
+void dot_rows_f16(const float* q, const uint16_t* k, long stride, int count, int n, float scale, float* out);
+void mix_rows_f16(const float* w, float div, const uint16_t* x, long stride, int count, float* y, int n);
+// dst[i] = FP16 src[i] widened (F16C where the CPU has AVX2).
+void f16_to_f32_row(const uint16_t* src, float* dst, int n);
 // v[i] = exp(v[i] - max) (0 where v[i] - max < -80: no subnormal results); returns the sum.
 float exp_shifted_sum(float* v, int n, float max);
 // gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)) with the exponent clamped to

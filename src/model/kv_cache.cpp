@@ -83,6 +83,16 @@ void get_two_level(BitReader& r, float* out, int n, int stride) {
   for (int i = 0; i < n; ++i) out[i * stride] = lev[r.get(1)];
 }
 
+// f32 / f16 elements, stored as they are.
+void put_plain(BitWriter& w, const KVSideSpec& s, float x) {
+  if (s.kind == KVKind::F16) w.put_f16(x);
+  else w.put(std::bit_cast<uint32_t>(x), 32);
+}
+
+float get_plain(BitReader& r, const KVSideSpec& s) {
+  return s.kind == KVKind::F16 ? r.get_f16() : std::bit_cast<float>(r.get(32));
+}
+
 int ternary_code(float x, float scale) {
   return scale > 0 ? int(std::clamp(std::nearbyint(x / scale), -1.0f, 1.0f)) : 0;
 }
@@ -99,6 +109,7 @@ size_t key_block_bits(const KVSideSpec& s, int rows, int width) {
   const size_t n = size_t(rows) * width;
   switch (s.kind) {
     case KVKind::F32: return 32 * n;
+    case KVKind::F16: return 16 * n;
     case KVKind::Int: return size_t(width) * 32 + n * s.bits;
     case KVKind::VidKV: {
       const int out = outlier_channels(s, width);
@@ -113,6 +124,7 @@ size_t value_row_bits(const KVSideSpec& s, int width, int head_dim) {
   const size_t groups = size_t(width / value_group(s, head_dim));
   switch (s.kind) {
     case KVKind::F32: return 32 * size_t(width);
+    case KVKind::F16: return 16 * size_t(width);
     case KVKind::Int: return groups * 32 + size_t(width) * s.bits;
     case KVKind::Ternary: return groups * 16 + 8 * size_t((width + 4) / 5);
     case KVKind::VidKV: break;
@@ -137,8 +149,8 @@ std::vector<uint8_t> outlier_mask(const KVSideSpec& s, const float* x, int rows,
 
 void encode_key_block(const KVSideSpec& s, const float* x, int rows, int width, uint8_t* dst) {
   BitWriter w{dst};
-  if (s.kind == KVKind::F32) {
-    for (size_t i = 0; i < size_t(rows) * width; ++i) w.put(std::bit_cast<uint32_t>(x[i]), 32);
+  if (s.kind == KVKind::F32 || s.kind == KVKind::F16) {
+    for (size_t i = 0; i < size_t(rows) * width; ++i) put_plain(w, s, x[i]);
     return;
   }
   std::vector<uint8_t> mask;
@@ -155,8 +167,8 @@ void encode_key_block(const KVSideSpec& s, const float* x, int rows, int width, 
 
 void decode_key_block(const KVSideSpec& s, const uint8_t* src, int rows, int width, float* out) {
   BitReader r{src};
-  if (s.kind == KVKind::F32) {
-    for (size_t i = 0; i < size_t(rows) * width; ++i) out[i] = std::bit_cast<float>(r.get(32));
+  if (s.kind == KVKind::F32 || s.kind == KVKind::F16) {
+    for (size_t i = 0; i < size_t(rows) * width; ++i) out[i] = get_plain(r, s);
     return;
   }
   std::vector<uint8_t> mask(static_cast<size_t>(width), 0);
@@ -172,8 +184,8 @@ void decode_key_block(const KVSideSpec& s, const uint8_t* src, int rows, int wid
 void encode_value_row(const KVSideSpec& s, const float* x, int width, int head_dim, uint8_t* dst) {
   BitWriter w{dst};
   const int g = value_group(s, head_dim);
-  if (s.kind == KVKind::F32) {
-    for (int i = 0; i < width; ++i) w.put(std::bit_cast<uint32_t>(x[i]), 32);
+  if (s.kind == KVKind::F32 || s.kind == KVKind::F16) {
+    for (int i = 0; i < width; ++i) put_plain(w, s, x[i]);
   } else if (s.kind == KVKind::Int) {
     for (int c = 0; c < width; c += g) put_affine(w, x + c, g, 1, s.bits);
   } else {  // ternary: absmean scales per group, then trits 5 per byte
@@ -195,8 +207,8 @@ void encode_value_row(const KVSideSpec& s, const float* x, int width, int head_d
 void decode_value_row(const KVSideSpec& s, const uint8_t* src, int width, int head_dim, float* out) {
   BitReader r{src};
   const int g = value_group(s, head_dim);
-  if (s.kind == KVKind::F32) {
-    for (int i = 0; i < width; ++i) out[i] = std::bit_cast<float>(r.get(32));
+  if (s.kind == KVKind::F32 || s.kind == KVKind::F16) {
+    for (int i = 0; i < width; ++i) out[i] = get_plain(r, s);
   } else if (s.kind == KVKind::Int) {
     for (int c = 0; c < width; c += g) get_affine(r, out + c, g, 1, s.bits);
   } else {
@@ -219,6 +231,7 @@ void check_group(const KVSideSpec& s, bool key, int width, int head_dim) {
 const char* kind_name(const KVSideSpec& s) {
   switch (s.kind) {
     case KVKind::F32: return "f32";
+    case KVKind::F16: return "f16";
     case KVKind::Int: return s.bits == 8 ? "int8" : s.bits == 4 ? "int4" : "int2";
     case KVKind::VidKV: return "vidkv";
     case KVKind::Ternary: return "ternary";
@@ -248,10 +261,11 @@ KVSideSpec parse_side(const std::string& spec, const std::string& text, bool key
   KVSideSpec s;
   const std::string& kind = parts[0];
   if (kind == "f32") s.kind = KVKind::F32;
+  else if (kind == "f16") s.kind = KVKind::F16;
   else if (kind == "int8" || kind == "int4" || kind == "int2") s.kind = KVKind::Int, s.bits = kind[3] - '0';
   else if (kind == "vidkv") s.kind = key ? KVKind::VidKV : KVKind::Ternary;
   else if (kind == "ternary") s.kind = KVKind::Ternary;
-  else fail("--kv {}: unknown KV format '{}' (f32, int8, int4, int2, vidkv, ternary)", spec, kind);
+  else fail("--kv {}: unknown KV format '{}' (f32, f16, int8, int4, int2, vidkv, ternary)", spec, kind);
   if (key && s.kind == KVKind::Ternary) fail("--kv {}: ternary is a value format (keys: vidkv)", spec);
   if (!key && kind == "vidkv" && !lenient) fail("--kv {}: vidkv is a key format (values: ternary)", spec);
   for (size_t i = 1; i < parts.size(); ++i) {
@@ -259,7 +273,7 @@ KVSideSpec parse_side(const std::string& spec, const std::string& text, bool key
     const char o = tok.empty() ? '\0' : tok[0];
     const bool mine = o == 'r' || (key ? o == 'b' || o == 'o' : o == 'g');
     if (!mine && lenient && (o == 'b' || o == 'o' || o == 'g')) continue;
-    if (s.kind == KVKind::F32) fail("--kv {}: f32 takes no options ('{}')", spec, tok);
+    if (s.kind == KVKind::F32 || s.kind == KVKind::F16) fail("--kv {}: {} takes no options ('{}')", spec, kind, tok);
     if (!mine) fail("--kv {}: option '{}' does not apply to {}", spec, tok, key ? "keys" : "values");
     if (o == 'b' && (s.block = parse_int(spec, tok)) < 1) fail("--kv {}: key block must be >= 1", spec);
     if (o == 'g' && (s.group = parse_int(spec, tok)) < 1) fail("--kv {}: value group must be >= 1", spec);
@@ -298,6 +312,7 @@ KVSpec parse_kv_spec(const std::string& spec) {
 
 double kv_bits_per_element(const KVSideSpec& s, bool key, int kv_dim, int head_dim) {
   if (s.kind == KVKind::F32) return 32;
+  if (s.kind == KVKind::F16) return 16;
   check_group(s, key, kv_dim, head_dim);
   if (key) return 8.0 * double(bytes_of(key_block_bits(s, s.block, kv_dim))) / (double(s.block) * kv_dim);
   return 8.0 * double(bytes_of(value_row_bits(s, kv_dim, head_dim))) / kv_dim;

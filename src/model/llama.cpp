@@ -5,6 +5,7 @@
 
 #include "kernels/vec_ops.h"
 #include "quantkit/error.h"
+#include "quantkit/fp16.h"
 #include "quantkit/thread_pool.h"
 
 namespace quantkit {
@@ -63,12 +64,15 @@ KVCache LlamaModel::make_cache(int capacity, const KVSpec& kv) const {
   if (capacity > cfg_.max_seq_len) capacity = cfg_.max_seq_len;
   KVCache c;
   c.capacity = capacity;
-  if (!kv.is_f32()) {
+  if (!kv.is_plain()) {
     c.quant = std::make_unique<QuantizedKV>(kv, cfg_.n_layers, cfg_.kv_dim(), cfg_.head_dim(), capacity);
     return c;
   }
-  c.k.assign(cfg_.n_layers, std::vector<float>(size_t(capacity) * cfg_.kv_dim()));
-  c.v.assign(cfg_.n_layers, std::vector<float>(size_t(capacity) * cfg_.kv_dim()));
+  const size_t per_layer = size_t(capacity) * cfg_.kv_dim();
+  if (kv.k.kind == KVKind::F16) c.k16.assign(cfg_.n_layers, std::vector<uint16_t>(per_layer));
+  else c.k.assign(cfg_.n_layers, std::vector<float>(per_layer));
+  if (kv.v.kind == KVKind::F16) c.v16.assign(cfg_.n_layers, std::vector<uint16_t>(per_layer));
+  else c.v.assign(cfg_.n_layers, std::vector<float>(per_layer));
   return c;
 }
 
@@ -118,24 +122,27 @@ void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv
         const int kcut = kv.quant ? kv.quant->quantized_keys(len) : 0;
         const int vcut = kv.quant ? kv.quant->quantized_values(len) : 0;
         float mx = -INFINITY;
-        auto score = [&](const float* K, int j0, int j1) {
+        // K / V: FP32 rows, or FP16 rows (K16 / V16) when set.
+        auto score = [&](const float* K, const uint16_t* K16, int j0, int j1) {
           if (j1 <= j0) return;
-          kernels::dot_rows_f32(qt, K + kvh * kv.head_stride + j0 * kv.row_stride, kv.row_stride, j1 - j0, hd, scale,
-                                att.data() + j0);
+          const int64_t at = kvh * kv.head_stride + j0 * kv.row_stride;
+          if (K16) kernels::dot_rows_f16(qt, K16 + at, kv.row_stride, j1 - j0, hd, scale, att.data() + j0);
+          else kernels::dot_rows_f32(qt, K + at, kv.row_stride, j1 - j0, hd, scale, att.data() + j0);
           for (int j = j0; j < j1; ++j) mx = std::max(mx, att[j]);
         };
-        score(kv.kq, 0, kcut);
-        score(kv.k, kcut, len);
+        score(kv.kq, nullptr, 0, kcut);
+        score(kv.k, kv.k16, kcut, len);
         const float sum = kernels::exp_shifted_sum(att.data(), len, mx);
         float* ot = out + int64_t(t) * dim + h * hd;
         std::fill(ot, ot + hd, 0.0f);
-        auto mix = [&](const float* V, int j0, int j1) {
-          if (j1 > j0)
-            kernels::mix_rows_f32(att.data() + j0, sum, V + kvh * kv.head_stride + j0 * kv.row_stride, kv.row_stride,
-                                  j1 - j0, ot, hd);
+        auto mix = [&](const float* V, const uint16_t* V16, int j0, int j1) {
+          if (j1 <= j0) return;
+          const int64_t at = kvh * kv.head_stride + j0 * kv.row_stride;
+          if (V16) kernels::mix_rows_f16(att.data() + j0, sum, V16 + at, kv.row_stride, j1 - j0, ot, hd);
+          else kernels::mix_rows_f32(att.data() + j0, sum, V + at, kv.row_stride, j1 - j0, ot, hd);
         };
-        mix(kv.vq, 0, vcut);
-        mix(kv.v, vcut, len);
+        mix(kv.vq, nullptr, 0, vcut);
+        mix(kv.v, kv.v16, vcut, len);
       }
     }
   });
@@ -143,11 +150,18 @@ void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv
 
 void LlamaModel::store_kv(KVCache& cache, int l, int pos, int n, const float* k, const float* v) const {
   const int hd = cfg_.head_dim(), kv_dim = cfg_.kv_dim();
+  // One side: FP32 rows copied, FP16 rows rounded (round to nearest even).
+  auto put = [&](std::vector<std::vector<float>>& f32, std::vector<std::vector<uint16_t>>& f16, const float* src,
+                 size_t dst) {
+    if (!f32.empty()) std::memcpy(&f32[l][dst], src, sizeof(float) * hd);
+    else
+      for (int i = 0; i < hd; ++i) f16[l][dst + i] = f32_to_f16(src[i]);
+  };
   for (int t = 0; t < n; ++t)
     for (int h = 0; h < cfg_.n_kv_heads; ++h) {
       const size_t dst = (size_t(h) * cache.capacity + size_t(pos + t)) * hd, src = size_t(t) * kv_dim + size_t(h) * hd;
-      std::memcpy(&cache.k[l][dst], k + src, sizeof(float) * hd);
-      std::memcpy(&cache.v[l][dst], v + src, sizeof(float) * hd);
+      put(cache.k, cache.k16, k + src, dst);
+      put(cache.v, cache.v16, v + src, dst);
     }
 }
 
@@ -183,11 +197,14 @@ void LlamaModel::forward_layer(int l, float* x, int n, int pos, KVCache& cache,
   AttentionKV kv;
   if (cache.quant) {
     cache.quant->append(l, pos, n, knew.data(), vnew.data(), rows);
-    kv = {rows.k.data(), rows.v.data(), rows.kq.data(), rows.vq.data(), cache.quant.get(), cfg_.head_dim(), kv_dim};
+    kv = {.k = rows.k.data(), .v = rows.v.data(), .kq = rows.kq.data(), .vq = rows.vq.data(),
+          .quant = cache.quant.get(), .head_stride = cfg_.head_dim(), .row_stride = kv_dim};
   } else {
     store_kv(cache, l, pos, n, knew.data(), vnew.data());
-    kv = {cache.k[l].data(), cache.v[l].data(), nullptr, nullptr, nullptr, int64_t(cache.capacity) * cfg_.head_dim(),
-          cfg_.head_dim()};
+    kv = {.k = cache.k.empty() ? nullptr : cache.k[l].data(), .v = cache.v.empty() ? nullptr : cache.v[l].data(),
+          .k16 = cache.k16.empty() ? nullptr : cache.k16[l].data(),
+          .v16 = cache.v16.empty() ? nullptr : cache.v16[l].data(),
+          .head_stride = int64_t(cache.capacity) * cfg_.head_dim(), .row_stride = cfg_.head_dim()};
   }
   attention(q.data(), n, pos, kv, att.data());
   if (observe) observe(l, LinearInput::AttentionOutput, att.data(), n, dim);
