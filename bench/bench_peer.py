@@ -6,7 +6,7 @@ Run by `make bench-peer` (scripts/bench-peer.sh builds llama-bench first). For e
 
   llama-bench -m F -p P -n 0 -t T -r R -o json         prompt processing (pp), empty cache
   llama-bench -m F -p 0 -n G -d P -t T -r R -o json    generation (tg) after a P-token prompt
-  quantkit bench --model F --threads T --prompt P --gen G --reps R --json
+  quantkit bench --model F --threads T --prompt P --gen G --reps R --kv KV --json
 
 and prints one table: format, GB of weights read per token, pp and tg tokens/s of both with
 the quantkit / llama.cpp ratio, and the % of the machine's read bandwidth (measured by
@@ -15,8 +15,8 @@ times, interleaved, so both tools see a shared machine's changing load alike; ea
 the best (default: the least disturbed) or the median of all repetitions of its tool.
 Generation is measured after the prompt on both sides (quantkit bench's convention;
 llama-bench's default tg starts from an empty cache, hence -d P).
-Differences that remain: llama.cpp's KV cache is F16 (quantkit's F32 unless --kv), and
-llama.cpp may run flash attention (its default, auto).
+Both keep the KV cache in F16 (llama-bench's default; quantkit's --kv, default f16 here).
+A difference that remains: llama.cpp may run flash attention (its default, auto).
 
 The synthetic weights are random: these numbers are for speed, never for quality.
 Standard library only.
@@ -80,7 +80,8 @@ def run_round(args, fmt, model, samples):
         samples["tg"]["llama_cpp"] += llama_bench_samples(args, model, 0, args.gen, args.prompt)
     log("bench_peer: %s: quantkit bench ..." % fmt)
     qk = run_json([args.quantkit, "bench", "--model", model, "--threads", str(args.threads),
-                   "--prompt", str(args.prompt), "--gen", str(args.gen), "--reps", str(args.reps), "--json"])
+                   "--prompt", str(args.prompt), "--gen", str(args.gen), "--reps", str(args.reps), "--kv", args.kv,
+                   "--json"])
     samples["pp"]["quantkit"] += qk["pp"]["samples"]
     samples["tg"]["quantkit"] += qk["tg"]["samples"]
     samples["machine"].append(qk["machine_bandwidth"])
@@ -117,8 +118,8 @@ def measure(args, formats):
 
 
 def print_table(args, rows, machine):
-    print("synthetic Llama ~1B (random weights: speed only), %d threads, pp%d, tg%d after the prompt; "
-          "%s of %d repetitions per tool" % (args.threads, args.prompt, args.gen,
+    print("synthetic Llama ~1B (random weights: speed only), %d threads, pp%d, tg%d after the prompt, KV cache %s; "
+          "%s of %d repetitions per tool" % (args.threads, args.prompt, args.gen, args.kv,
                                               "best" if args.stat == "best" else "median", args.reps * args.rounds))
     head = ("format", "GB w", "pp qk", "pp llama", "ratio", "tg qk", "tg llama", "ratio", "%bw qk", "%bw llama")
     print("%-10s %6s %9s %9s %6s %8s %8s %6s %7s %9s" % head)
@@ -147,6 +148,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--kv", default="f16", help="quantkit's KV cache (llama-bench keeps F16 by default)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per run (llama-bench -r, quantkit bench --reps)")
     ap.add_argument("--rounds", type=int, default=1, help="runs of every tool and format, interleaved")
     ap.add_argument("--stat", choices=("best", "median"), default="best",
