@@ -227,7 +227,7 @@ TEST(KVCache, PerplexityAndKLOrderOnAidreams) {
   std::printf("| f32,f32 | 32 | 32 | %.4f | | | |\n", p_fp);
   std::map<std::string, double> kl;
   // The full table of the report: set QK_KV_TABLE=1 (about a minute more).
-  std::vector<std::string> specs = {"int8", "int4", "int2", "int2:r32", "vidkv"};
+  std::vector<std::string> specs = {"f16", "int8", "int4", "int2", "int2:r32", "vidkv"};
   if (std::getenv("QK_KV_TABLE"))
     specs.insert(specs.end(), {"int4:r32", "vidkv:b64", "vidkv:r32", "int8,f32", "f32,int8", "int4,f32", "f32,int4",
                                "int2,f32", "f32,int2", "vidkv,f32", "f32,ternary", "f32,ternary:g64",
@@ -243,6 +243,8 @@ TEST(KVCache, PerplexityAndKLOrderOnAidreams) {
       EXPECT_LT(std::abs(r.llamacpp.ppl / p_fp - 1), 0.005);
     }
   }
+  EXPECT_LT(kl["f16"], 1e-5);
+  EXPECT_LE(kl["f16"], kl["int8"]);
   EXPECT_LE(kl["int8"], kl["int4"]);
   EXPECT_LE(kl["int4"], kl["int2"]);
   EXPECT_LE(kl["int2:r32"], kl["int2"]);
