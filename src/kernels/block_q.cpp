@@ -190,7 +190,7 @@ bool blockq_interleave16(BlockQMatrix& w) {
     return false;
   const int64_t groups = (w.rows + 15) / 16, nb = w.blocks_per_row, cb = w.code_bytes(), words = cb / 4;
   const int64_t spr = w.scales_per_row;
-  std::vector<uint8_t> q(size_t(groups * nb * 16 * cb), w.kind == CodeKind::S8 ? 0x80 : 0);
+  decltype(w.q) q(size_t(groups * nb * 16 * cb), w.kind == CodeKind::S8 ? 0x80 : 0);
   std::vector<uint16_t> d(size_t(groups * spr * 16), 0), m(w.has_min ? d.size() : 0, 0);
   for (int64_t r = 0; r < w.rows; ++r) {
     const int64_t g = r / 16, i = r % 16;

@@ -15,6 +15,7 @@
 #include <optional>
 #include <vector>
 
+#include "kernels/large_pages.h"
 #include "quantkit/dtype.h"
 #include "quantkit/format.h"
 
@@ -40,7 +41,7 @@ struct BlockQMatrix {
   float offset = 0.0f;
   std::array<int8_t, 16> lut{};   // CodeKind::Lut4
   // 4-bit codes: block byte j holds weight j (low nibble) and weight j + 16 (high nibble).
-  std::vector<uint8_t> q;         // rows * blocks_per_row * code_bytes()
+  std::vector<uint8_t, LargePageAllocator<uint8_t>> q;  // rows * blocks_per_row * code_bytes()
   std::vector<uint16_t> d, m;     // rows * scales_per_row fp16 (m empty unless has_min)
 
   // 1: rows one after the other (every kernel). 16: interleaved for the 16-row kernel

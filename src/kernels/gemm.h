@@ -3,7 +3,6 @@
 // AVX-512 / AVX2 micro-kernels chosen at run time, bit-identical across instruction
 // sets, tilings and thread counts; OpenBLAS on other CPUs.
 #pragma once
-#include <sys/mman.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -12,34 +11,10 @@
 #include <new>
 #include <vector>
 
+#include "kernels/large_pages.h"
+
 namespace quantkit::kernels {
 
-// The n x n buffers go on transparent huge pages where the kernel offers them (madvise
-// mode): on 4 KiB pages a 4096 x 4096 buffer costs 16K page faults to touch.
-template <typename T>
-struct LargePageAllocator {
-  using value_type = T;
-  static constexpr size_t kHuge = size_t(2) << 20;
-  LargePageAllocator() = default;
-  template <typename U>
-  LargePageAllocator(const LargePageAllocator<U>&) {}
-  T* allocate(size_t n) {
-    const size_t bytes = n * sizeof(T);
-    if (bytes < kHuge) return std::allocator<T>().allocate(n);
-    void* p = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
-    if (!p) throw std::bad_alloc();
-    madvise(p, bytes, MADV_HUGEPAGE);  // advice: ordinary pages if refused
-    return static_cast<T*>(p);
-  }
-  void deallocate(T* p, size_t n) {
-    if (n * sizeof(T) < kHuge) return std::allocator<T>().deallocate(p, n);
-    std::free(p);
-  }
-  template <typename U>
-  bool operator==(const LargePageAllocator<U>&) const {
-    return true;
-  }
-};
 using Buffer = std::vector<float, LargePageAllocator<float>>;
 
 // Element (i, j) of a strided matrix is p[i * rs + j * cs].
