@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -78,4 +79,17 @@ TEST(ThreadPool, NestedCallsRunInline) {
       pool.parallel_for(3, [&](int64_t b2, int64_t e2) { sum.fetch_add((e2 - b2) * (i + 1)); });
   });
   EXPECT_EQ(sum.load(), 3 * (1 + 2 + 3 + 4));
+}
+
+TEST(ThreadPool, AWorkersErrorReachesTheCaller) {
+  ThreadPool pool(3);
+  try {
+    pool.parallel_for(3, [&](int64_t b, int64_t) {
+      if (b >= 1) throw std::runtime_error("chunk " + std::to_string(b));
+    });
+    FAIL() << "no exception";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "chunk 1");  // the lowest failing chunk, as a serial loop would meet it
+  }
+  expect_every_index_once(pool, 10, 7, std::chrono::microseconds(0));  // errors do not stick
 }

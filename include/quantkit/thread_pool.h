@@ -6,6 +6,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -22,6 +23,8 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
   // Calls fn(begin, end) on disjoint chunks covering [0, n); returns when all are done.
+  // An exception from a chunk is rethrown here once every chunk has finished (the lowest
+  // chunk's, when several throw: the error a serial loop would have met first).
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
@@ -40,6 +43,7 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
+  std::vector<std::exception_ptr> errors_;  // per thread id, for the current job
 };
 
 // The process-wide pool and thread count (`--threads`). OpenBLAS is held at one thread:

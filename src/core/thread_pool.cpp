@@ -10,7 +10,8 @@ namespace quantkit {
 
 ThreadPool::ThreadPool(int n_threads)
     : n_threads_(n_threads < 1 ? 1 : n_threads),
-      spin_(unsigned(n_threads_) <= std::thread::hardware_concurrency() ? 200 : 0) {
+      spin_(unsigned(n_threads_) <= std::thread::hardware_concurrency() ? 200 : 0),
+      errors_(size_t(n_threads_)) {
   for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
 
@@ -75,7 +76,11 @@ void ThreadPool::worker(int id) {
     if (stop_.load()) return;
     // job_ / job_n_ were written before the generation was published (release).
     seen = generation_.load(std::memory_order_acquire);
-    run_chunk(*job_, job_n_, id, n_threads_);
+    try {
+      run_chunk(*job_, job_n_, id, n_threads_);
+    } catch (...) {
+      errors_[size_t(id)] = std::current_exception();  // published by the pending_ release below
+    }
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);  // the caller checks pending_ under it before sleeping
       done_cv_.notify_one();
@@ -96,18 +101,22 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
-  std::exception_ptr error;
   try {
     run_chunk(fn, n, 0, n_threads_);
   } catch (...) {
-    error = std::current_exception();  // the workers still use fn: wait for them first
+    errors_[0] = std::current_exception();  // the workers still use fn: wait for them first
   }
   const auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
   if (!spin_until(done, spin_)) {
     std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, done);
   }
-  if (error) std::rethrow_exception(error);
+  for (std::exception_ptr& e : errors_)
+    if (e) {
+      const std::exception_ptr first = e;
+      for (std::exception_ptr& other : errors_) other = nullptr;
+      std::rethrow_exception(first);
+    }
 }
 
 namespace {

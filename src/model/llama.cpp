@@ -33,20 +33,24 @@ LlamaModel::LlamaModel(const ModelFile& f) : cfg_(f.config) {
     fail("{}: token_embd.weight has shape {}, expected [{}, {}]", f.path, shape_str(tok_embd_.shape),
          cfg_.vocab_size, cfg_.dim);
   out_norm_ = vector_of(f.get("output_norm.weight"));
-  head_ = make_linear(cfg_.tied_embeddings ? f.get("token_embd.weight") : f.get("output.weight"));
+  // The linear layers are converted to their kernel layouts in parallel, one whole tensor
+  // per task (a packed int format re-lays every code); the tensors are looked up first, so
+  // a missing one is reported by name before any work.
+  std::vector<std::pair<std::unique_ptr<Linear>*, TensorView>> linears;
+  linears.emplace_back(&head_, cfg_.tied_embeddings ? f.get("token_embd.weight") : f.get("output.weight"));
+  layers_.resize(size_t(cfg_.n_layers));
   for (int l = 0; l < cfg_.n_layers; ++l) {
-    LlamaLayer L;
+    LlamaLayer& L = layers_[size_t(l)];
     L.attn_norm = vector_of(f.get(layer_name(l, "attn_norm.weight")));
     L.ffn_norm = vector_of(f.get(layer_name(l, "ffn_norm.weight")));
-    L.wq = make_linear(f.get(layer_name(l, "attn_q.weight")));
-    L.wk = make_linear(f.get(layer_name(l, "attn_k.weight")));
-    L.wv = make_linear(f.get(layer_name(l, "attn_v.weight")));
-    L.wo = make_linear(f.get(layer_name(l, "attn_output.weight")));
-    L.w_gate = make_linear(f.get(layer_name(l, "ffn_gate.weight")));
-    L.w_up = make_linear(f.get(layer_name(l, "ffn_up.weight")));
-    L.w_down = make_linear(f.get(layer_name(l, "ffn_down.weight")));
-    layers_.push_back(std::move(L));
+    for (auto [slot, name] : {std::pair{&L.wq, "attn_q.weight"}, {&L.wk, "attn_k.weight"}, {&L.wv, "attn_v.weight"},
+                              {&L.wo, "attn_output.weight"}, {&L.w_gate, "ffn_gate.weight"},
+                              {&L.w_up, "ffn_up.weight"}, {&L.w_down, "ffn_down.weight"}})
+      linears.emplace_back(slot, f.get(layer_name(l, name)));
   }
+  global_pool().parallel_for(int64_t(linears.size()), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) *linears[size_t(i)].first = make_linear(linears[size_t(i)].second);
+  });
   // RoPE angles in double precision: pos * theta^(-2i/head_dim).
   const int half = cfg_.head_dim() / 2;
   rope_cos_.resize(size_t(cfg_.max_seq_len) * half);
