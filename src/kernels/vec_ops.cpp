@@ -1,13 +1,15 @@
 #include "kernels/vec_ops.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "kernels/target_region.h"
 #include "quantkit/fp16.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define QK_VEC_CLONES QK_AVX2_CLONES
 
@@ -73,6 +75,7 @@ QK_VEC_CLONES void mix_rows_f32(const float* w, float div, const float* x, long 
   }
 }
 
+#if defined(__x86_64__)
 QK_TARGET_BEGIN("avx2,f16c")
 static void f16_to_f32_row_f16c(const uint16_t* src, float* dst, int n) {
   int i = 0;
@@ -81,11 +84,14 @@ static void f16_to_f32_row_f16c(const uint16_t* src, float* dst, int n) {
   for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
 }
 QK_TARGET_END
+#endif
 
 void f16_to_f32_row(const uint16_t* src, float* dst, int n) {
+#if defined(__x86_64__)
   // AVX2 stands for F16C (every AVX2 CPU has it; clang's __builtin_cpu_supports lacks "f16c").
   static const bool f16c = __builtin_cpu_supports("avx2");
   if (f16c) return f16_to_f32_row_f16c(src, dst, n);
+#endif
   for (int i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
 }
 
@@ -101,24 +107,28 @@ std::vector<float>& widened_rows(size_t size) {
 }
 }  // namespace
 
-void dot_rows_f16(const float* q, const uint16_t* k, long stride, int count, int n, float scale, float* out) {
-  const int chunk = f16_chunk(n);
-  std::vector<float>& rows = widened_rows(size_t(chunk) * n);
-  for (int j0 = 0; j0 < count; j0 += chunk) {
-    const int c = std::min(chunk, count - j0);
-    for (int p = 0; p < c; ++p) f16_to_f32_row(k + (j0 + p) * stride, rows.data() + size_t(p) * n, n);
-    dot_rows_f32(q, rows.data(), n, c, n, scale, out + j0);
-  }
-}
-
-void mix_rows_f16(const float* w, float div, const uint16_t* x, long stride, int count, float* y, int n) {
+namespace {
+// fn(rows, j0, c) for positions [j0, j0 + c) of `count` FP16 rows, widened into `rows` ([c, n]).
+template <class Fn>
+void for_widened_chunks(const uint16_t* x, long stride, int count, int n, Fn fn) {
   const int chunk = f16_chunk(n);
   std::vector<float>& rows = widened_rows(size_t(chunk) * n);
   for (int j0 = 0; j0 < count; j0 += chunk) {
     const int c = std::min(chunk, count - j0);
     for (int p = 0; p < c; ++p) f16_to_f32_row(x + (j0 + p) * stride, rows.data() + size_t(p) * n, n);
-    mix_rows_f32(w + j0, div, rows.data(), n, c, y, n);
+    fn(rows.data(), j0, c);
   }
+}
+}  // namespace
+
+void dot_rows_f16(const float* q, const uint16_t* k, long stride, int count, int n, float scale, float* out) {
+  for_widened_chunks(k, stride, count, n,
+                     [&](const float* rows, int j0, int c) { dot_rows_f32(q, rows, n, c, n, scale, out + j0); });
+}
+
+void mix_rows_f16(const float* w, float div, const uint16_t* x, long stride, int count, float* y, int n) {
+  for_widened_chunks(x, stride, count, n,
+                     [&](const float* rows, int j0, int c) { mix_rows_f32(w + j0, div, rows, n, c, y, n); });
 }
 
 float exp_shifted_sum(float* v, int n, float max) {
