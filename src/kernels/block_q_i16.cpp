@@ -45,11 +45,14 @@ namespace quantkit::kernels {
 namespace {
 
 constexpr int kMaxTokens = 8;
-// Generation prefetches every cache line of the block this many blocks ahead (8 KiB of
-// 4-bit codes): measured on the ~1B q4_0 model, 2 threads, tg 33 tok/s at 4 blocks, 37 at
-// 16, 40-41 at 32, 34-35 at 64; one line per block (the first version) left the rest to
-// the hardware prefetcher.
-constexpr int64_t kPrefetchBlocks = 32;
+// Generation prefetches every cache line of the block this many blocks ahead (4 KiB of
+// 4-bit codes), into L2 (T1), not L1: a T0 prefetch holds one of the core's few L1 fill
+// buffers until the line arrives, which capped the lines in flight. Measured on 100
+// 5632 x 2048 matrices (> LLC), 2 threads, 4-bit codes: T0 at 32 blocks 286 us per matrix
+// with one scale per block (q4_0) and 332 us with one per 4 blocks (int4:g128: fewer
+// scale-line misses, less for the hardware prefetcher to follow); T1 at 16 blocks 235 and
+// 220 us; T1 at 32 245 and 238. One thread: T0/32 553 and 625 us, T1/16 450 and 423 us.
+constexpr int64_t kPrefetchBlocks = 16;
 
 enum class Codes : uint8_t { Nibbles, LutNibbles, Bytes };
 
@@ -95,7 +98,7 @@ void group_tile(const GroupArgs& p, int64_t g, int live, int64_t t0) {
     }
     if constexpr (T == 1)  // generation streams the weights once
       for (int64_t line = 0; line < block_bytes; line += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBlocks * block_bytes + line), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBlocks * block_bytes + line), _MM_HINT_T1);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dg + s * 16)));
     __m512 m = _mm512_setzero_ps();
     if constexpr (Min)
