@@ -8,6 +8,7 @@
 #include <map>
 #include <random>
 
+#include "kernels/packed_codes.h"
 #include "kernels/vec_ops.h"
 #include "quantkit/error.h"
 #include "quantkit/eval.h"
@@ -294,4 +295,66 @@ TEST(KVCache, Fp16CacheHoldsHalfTheBytesAndStaysCloseToFp32) {
   // through QuantizedKV.
   EXPECT_LT(mse(ref, run(parse_kv_spec("f16,f32"), toks, true)), 1e-5);
   EXPECT_LT(mse(run(parse_kv_spec("f32,int8"), toks, false), run(parse_kv_spec("f16,int8"), toks, false)), 1e-5);
+}
+
+TEST(KVCache, AttentionOnPackedUnitsEqualsDecodedRows) {
+  // key_scores / mix_values read the packed units in place; the reference decodes the same
+  // rows (kv_roundtrip) and takes dot products. Odd block sizes put records off byte
+  // boundaries (the unpacking path), groups smaller than a head split a head's slice.
+  const int kv_dim = 64, hd = 16, len = 70;
+  std::vector<float> k = gaussian(size_t(len) * kv_dim, 11), v = gaussian(size_t(len) * kv_dim, 12);
+  for (int t = 0; t < len; ++t) k[size_t(t) * kv_dim + 5] *= 8.0f;  // an outlier key channel
+  for (const char* s : {"int8", "int4", "int2", "vidkv", "int4:b8,int4:g8", "int2:b5,int8:g32", "int4:b3,int2",
+                        "vidkv:b7:o0.3,ternary:g8", "f16,int8", "int8,f16", "vidkv,ternary:g32", "int4,ternary:g4"}) {
+    const KVSpec spec = parse_kv_spec(s);
+    QuantizedKV cache(spec, 1, kv_dim, hd, 128);
+    KVRows rows;
+    cache.append(0, 0, len, k.data(), v.data(), rows);
+    const int kcut = cache.quantized_keys(len), vcut = cache.quantized_values(len), B = spec.k.block;
+    ASSERT_GT(kcut, 0) << s;
+    ASSERT_GT(vcut, 0) << s;
+    std::vector<float> kdec, vdec = kv_roundtrip(spec.v, false, v.data(), vcut, kv_dim, hd);
+    for (int u = 0; u * B < kcut; ++u) {
+      const std::vector<float> blk = kv_roundtrip(spec.k, true, k.data() + size_t(u) * B * kv_dim, B, kv_dim, hd);
+      kdec.insert(kdec.end(), blk.begin(), blk.end());
+    }
+    const std::vector<float> q = gaussian(size_t(hd), 13), w = gaussian(size_t(vcut), 14);
+    for (int h = 0; h < kv_dim / hd; ++h) {
+      std::vector<float> scores(static_cast<size_t>(kcut));
+      cache.key_scores(0, h, q.data(), 0.25f, kcut, scores.data());
+      for (int j = 0; j < kcut; ++j) {
+        double ref = 0;
+        for (int i = 0; i < hd; ++i) ref += double(q[size_t(i)]) * kdec[size_t(j) * kv_dim + h * hd + i];
+        ASSERT_NEAR(scores[size_t(j)], 0.25 * ref, 1e-4 * (1 + std::fabs(ref))) << s << " head " << h << " pos " << j;
+      }
+      std::vector<float> mixed(size_t(hd), 1.0f);
+      cache.mix_values(0, h, w.data(), 2.0f, vcut, mixed.data());
+      for (int i = 0; i < hd; ++i) {
+        double ref = 1.0;
+        for (int j = 0; j < vcut; ++j) ref += double(w[size_t(j)]) / 2.0 * vdec[size_t(j) * kv_dim + h * hd + i];
+        ASSERT_NEAR(mixed[size_t(i)], ref, 1e-4 * (1 + std::fabs(ref))) << s << " head " << h << " dim " << i;
+      }
+    }
+  }
+}
+
+TEST(KVCache, PackedCodeKernelsMatchScalarSums) {
+  // Every code width, lengths around the 8-lane step, against a plain loop.
+  std::mt19937 rng(5);
+  for (int bits : {1, 2, 4, 8})
+    for (int n : {1, 7, 8, 9, 31, 32, 33, 64, 128}) {
+      std::vector<uint8_t> p(size_t((n * bits + 7) / 8));
+      for (auto& b : p) b = uint8_t(rng());
+      std::vector<float> acc(size_t(n), 0.5f), ref = acc;
+      kernels::affine_codes_acc(bits, -0.75f, 0.125f, p.data(), n, acc.data());
+      for (int j = 0; j < n; ++j) {
+        const int per = 8 / bits, code = p[size_t(j / per)] >> (j % per * bits) & ((1 << bits) - 1);
+        ref[size_t(j)] += -0.75f + 0.125f * float(code);
+      }
+      for (int j = 0; j < n; ++j) ASSERT_FLOAT_EQ(acc[size_t(j)], ref[size_t(j)]) << bits << " bits, n " << n << ", " << j;
+      if (bits != 1) continue;
+      std::vector<float> sel(size_t(n), 0.0f);
+      kernels::select_codes_acc(-1.5f, 2.5f, p.data(), n, sel.data());
+      for (int j = 0; j < n; ++j) ASSERT_EQ(sel[size_t(j)], (p[size_t(j / 8)] >> (j % 8) & 1) ? 2.5f : -1.5f) << n << ", " << j;
+    }
 }

@@ -59,11 +59,13 @@ std::string kv_describe(const KVSpec& spec, int kv_dim, int head_dim);
 std::vector<float> kv_roundtrip(const KVSideSpec& side, bool key, const float* x, int rows, int width, int head_dim,
                                 size_t* bits = nullptr);
 
-// The rows attention reads after an append of positions [pos, pos + n): for a query at
-// position p, keys j < quantized_keys(p + 1) come from kq (decoded), the others from k
-// (FP32 originals); the same for values. Both are [pos + n, kv_dim].
+// The FP32 rows attention reads after an append of positions [pos, pos + n): positions
+// [k_first, pos + n) of keys (k, [pos + n - k_first, kv_dim]) and [v_first, pos + n) of
+// values. For a query at position p, keys j < quantized_keys(p + 1) come from the packed
+// store (QuantizedKV::key_scores), the others from k; the same for values.
 struct KVRows {
-  std::vector<float> k, v, kq, vq;
+  std::vector<float> k, v;
+  int k_first = 0, v_first = 0;
 };
 
 // The quantized store of all layers.
@@ -80,6 +82,18 @@ class QuantizedKV {
   // pos below the cached length rewinds, only within the FP32 tail) and fills `rows`.
   void append(int layer, int pos, int n, const float* k, const float* v, KVRows& rows);
 
+  // Attention of one query head slice q[head_dim] against kv head `kvh` of a layer, over
+  // the packed positions [0, upto) (upto <= quantized_keys(len), whole key blocks):
+  // out[j] = scale * q . k_j, with k_j the decoded key.
+  void key_scores(int layer, int kvh, const float* q, float scale, int upto, float* out) const;
+  // out[i] += (w[j] / div) * v_j[kvh * head_dim + i] for the packed values j < upto, in order.
+  void mix_values(int layer, int kvh, const float* w, float div, int upto, float* out) const;
+
+  // A batch of queries decodes a head once instead: keys [0, upto) channel-major,
+  // out[c * ld + j] (ld >= upto); values [0, upto) token-major, out[j * head_dim + c].
+  void decode_head_keys(int layer, int kvh, int upto, float* out, size_t ld) const;
+  void decode_head_values(int layer, int kvh, int upto, float* out) const;
+
   // Bytes held now (codes + scales + FP32 tail), all layers.
   size_t bytes() const;
 
@@ -94,7 +108,8 @@ class QuantizedKV {
     int len = 0;
   };
   void store(Side& s, const KVSideSpec& spec, bool key, int pos, int new_len, const float* rows_new);
-  void decode(const Side& s, const KVSideSpec& spec, bool key, int upto, float* out) const;
+  void key_block_acc(const uint8_t* unit, int h0, const float* w, float* acc, size_t ld) const;
+  void value_row_acc(const uint8_t* unit, int h0, float a, float* out) const;
 
   KVSpec spec_;
   int kv_dim_, head_dim_, capacity_;

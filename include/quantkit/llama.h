@@ -30,14 +30,16 @@ struct KVCache {
   std::unique_ptr<QuantizedKV> quant;
 };
 
-// Where attention reads keys/values: for a query at position p, keys j < quant->
-// quantized_keys(p + 1) come from kq, the others from k (values likewise); without
-// `quant`, everything comes from k and v (or their FP16 forms k16 / v16, when set). Element
-// d of kv head h at position j is at [h * head_stride + j * row_stride + d] in each.
+// Where attention reads keys/values. Without `quant`, everything comes from k and v (or
+// their FP16 forms k16 / v16, when set). With `quant`, for a query at position p keys
+// j < quant->quantized_keys(p + 1) are read packed (quant->key_scores on `layer`), the
+// others from k, which holds positions from k_first on (values likewise, from v_first).
+// Element d of kv head h at position j is at [h * head_stride + (j - first) * row_stride + d].
 struct AttentionKV {
-  const float *k = nullptr, *v = nullptr, *kq = nullptr, *vq = nullptr;
+  const float *k = nullptr, *v = nullptr;
   const uint16_t *k16 = nullptr, *v16 = nullptr;
   const QuantizedKV* quant = nullptr;
+  int layer = 0, k_first = 0, v_first = 0;
   int64_t head_stride = 0, row_stride = 0;
 };
 

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <numeric>
 
+#include "kernels/packed_codes.h"
+#include "kernels/vec_ops.h"
 #include "quantkit/error.h"
 #include "quantkit/fp16.h"
 
@@ -376,13 +378,170 @@ void QuantizedKV::store(Side& s, const KVSideSpec& spec, bool key, int pos, int 
   }
 }
 
-void QuantizedKV::decode(const Side& s, const KVSideSpec& spec, bool key, int upto, float* out) const {
-  const int unit_rows = key ? spec.block : 1;
-  const size_t unit_bytes = key ? key_unit_bytes_ : value_unit_bytes_;
-  for (int u = 0; u * unit_rows < upto; ++u) {
-    float* o = out + size_t(u) * unit_rows * kv_dim_;
-    if (key) decode_key_block(spec, &s.packed[u * unit_bytes], unit_rows, kv_dim_, o);
-    else decode_value_row(spec, &s.packed[u * unit_bytes], kv_dim_, head_dim_, o);
+// ---- attention straight on the packed units ----
+//
+// Every quantized element is an affine code: off + code * step (int keys and values, VidKV's
+// 2-bit outlier channels) or one of two levels (VidKV's 1-bit channels), or a trit times a
+// scale (ternary values). Attention reads a head's slice of each unit, unpacks its codes
+// into a small buffer and accumulates them in FP32: nothing is decoded beyond the head's
+// slice, and no FP32 copy of the cache exists. The decoded values equal decode_key_block /
+// decode_value_row's; only the order of the sums differs from a dot product over decoded
+// rows.
+
+namespace {
+
+// n codes of `bits` from bit `bit` of p (LSB first).
+void unpack_codes(const uint8_t* p, size_t bit, int n, int bits, uint8_t* out) {
+  BitReader r{p, bit};
+  for (int i = 0; i < n; ++i) out[i] = uint8_t(r.get(bits));
+}
+
+float f16_at(const uint8_t* p, size_t bit) {
+  if (bit % 8 == 0) return f16_to_f32(uint16_t(p[bit / 8] | p[bit / 8 + 1] << 8));
+  BitReader r{p, bit};
+  return r.get_f16();
+}
+
+// One record of affine codes: acc[j] += a * off + a * step * code[j], j < n. Records that do
+// not start on a byte (key blocks of an odd token count) are unpacked first.
+void affine_record(const uint8_t* unit, size_t bit, int bits, float a, float off, float step, int n, float* acc,
+                   std::vector<uint8_t>& code) {
+  if (bit % 8 == 0 && (bits == 8 || bits == 4 || bits == 2 || bits == 1))
+    return kernels::affine_codes_acc(bits, a * off, a * step, unit + bit / 8, n, acc);
+  code.resize(size_t(n));
+  unpack_codes(unit, bit, n, bits, code.data());
+  for (int j = 0; j < n; ++j) acc[j] += a * off + a * step * float(code[size_t(j)]);
+}
+
+// Base-3 digits of a ternary byte (5 trits, the first channel least significant), minus 1,
+// as floats; padded to 8 so a byte's digits go out in one 8-float copy.
+struct TritTable {
+  float t[243][8] = {};
+  TritTable() {
+    for (int b = 0; b < 243; ++b)
+      for (int i = 0, v = b; i < 5; ++i, v /= 3) t[b][i] = float(v % 3 - 1);
+  }
+};
+const TritTable& trits() {
+  static const TritTable table;
+  return table;
+}
+
+}  // namespace
+
+// Channels [h0, h0 + hd) of a quantized key block of B tokens (int or VidKV): channel c adds
+// w[c - h0] * k_j[c] (w null: 1) to acc[(c - h0) * ld + j], j < B (ld 0: one sum per token).
+void QuantizedKV::key_block_acc(const uint8_t* unit, int h0, const float* w, float* acc, size_t ld) const {
+  const KVSideSpec& sp = spec_.k;
+  const int B = sp.block, hd = head_dim_;
+  thread_local std::vector<uint8_t> code;
+  size_t bit;
+  if (sp.kind == KVKind::VidKV) {  // the outlier mask, then records of 32 + B * (1 or 2) bits
+    int outliers_before = 0;
+    for (int c = 0; c < h0; ++c) outliers_before += unit[c / 8] >> (c % 8) & 1;
+    bit = size_t(kv_dim_) + size_t(h0) * (32 + B) + size_t(B) * outliers_before;
+  } else {
+    bit = size_t(h0) * (32 + size_t(B) * sp.bits);
+  }
+  for (int c = h0; c < h0 + hd; ++c) {
+    const bool two_level = sp.kind == KVKind::VidKV && !(unit[c / 8] >> (c % 8) & 1);
+    const int bits = sp.kind == KVKind::Int ? sp.bits : two_level ? 1 : 2;
+    const float a = f16_at(unit, bit), b = f16_at(unit, bit + 16), wc = w ? w[c - h0] : 1.0f;
+    float* o = acc + size_t(c - h0) * ld;
+    if (two_level && (bit + 32) % 8 == 0) {
+      kernels::select_codes_acc(wc * a, wc * b, unit + (bit + 32) / 8, B, o);
+    } else if (two_level) {  // lo + 1 * (hi - lo) need not round to hi: select, as decoding does
+      code.resize(size_t(B));
+      unpack_codes(unit, bit + 32, B, 1, code.data());
+      for (int j = 0; j < B; ++j) o[j] += code[size_t(j)] ? wc * b : wc * a;
+    } else {
+      affine_record(unit, bit + 32, bits, wc, a, b, B, o, code);
+    }
+    bit += 32 + size_t(B) * bits;
+  }
+}
+
+// Channels [h0, h0 + hd) of a quantized value row (int or ternary): out[i] += a * v[h0 + i].
+void QuantizedKV::value_row_acc(const uint8_t* unit, int h0, float a, float* out) const {
+  const KVSideSpec& sp = spec_.v;
+  const int hd = head_dim_, g = value_group(sp, hd), groups = kv_dim_ / g;
+  thread_local std::vector<uint8_t> code;
+  thread_local std::vector<float> trit;
+  if (sp.kind == KVKind::Int) {  // records of 32 + g * bits per group
+    for (int gi = h0 / g; gi * g < h0 + hd; ++gi) {
+      const int c0 = std::max(h0, gi * g), c1 = std::min(h0 + hd, (gi + 1) * g);
+      const size_t rec = size_t(gi) * (32 + size_t(g) * sp.bits);
+      affine_record(unit, rec + 32 + size_t(c0 - gi * g) * sp.bits, sp.bits, a, f16_at(unit, rec), f16_at(unit, rec + 16),
+                    c1 - c0, out + (c0 - h0), code);
+    }
+    return;
+  }
+  // Ternary: FP16 scales per group, then 5 trits per byte.
+  const TritTable& tt = trits();
+  const uint8_t* packed_trits = unit + 2 * size_t(groups);
+  const int c_first = h0 - h0 % 5;  // the first channel of the byte holding h0
+  trit.resize(size_t(h0 + hd - c_first + 8));
+  for (int c = c_first; c < h0 + hd; c += 5)
+    std::memcpy(&trit[size_t(c - c_first)], tt.t[packed_trits[c / 5]], sizeof(tt.t[0]));
+  for (int gi = h0 / g; gi * g < h0 + hd; ++gi) {
+    const int c0 = std::max(h0, gi * g), c1 = std::min(h0 + hd, (gi + 1) * g);
+    const float as = a * f16_at(unit, size_t(gi) * 16);
+    kernels::mix_rows_f32(&as, 1.0f, &trit[size_t(c0 - c_first)], 0, 1, out + (c0 - h0), c1 - c0);
+  }
+}
+
+void QuantizedKV::key_scores(int layer, int kvh, const float* q, float scale, int upto, float* out) const {
+  const Side& s = layers_[size_t(layer)].k;
+  const int B = spec_.k.block, hd = head_dim_, h0 = kvh * hd;
+  thread_local std::vector<float> acc;
+  acc.resize(size_t(B));
+  for (int u = 0; u * B < upto; ++u) {
+    const uint8_t* unit = &s.packed[size_t(u) * key_unit_bytes_];
+    float* o = out + size_t(u) * B;
+    if (spec_.k.kind == KVKind::F16) {  // rows [B, kv_dim] of FP16 (2-byte aligned: whole units)
+      kernels::dot_rows_f16(q, reinterpret_cast<const uint16_t*>(unit) + h0, kv_dim_, B, hd, scale, o);
+      continue;
+    }
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    key_block_acc(unit, h0, q, acc.data(), 0);
+    for (int j = 0; j < B; ++j) o[j] = scale * acc[size_t(j)];
+  }
+}
+
+void QuantizedKV::mix_values(int layer, int kvh, const float* w, float div, int upto, float* out) const {
+  const Side& s = layers_[size_t(layer)].v;
+  const int h0 = kvh * head_dim_;
+  if (spec_.v.kind == KVKind::F16) {  // rows of kv_dim FP16, one after the other
+    kernels::mix_rows_f16(w, div, reinterpret_cast<const uint16_t*>(s.packed.data()) + h0, kv_dim_, upto, out, head_dim_);
+    return;
+  }
+  for (int j = 0; j < upto; ++j) value_row_acc(&s.packed[size_t(j) * value_unit_bytes_], h0, w[j] / div, out);
+}
+
+void QuantizedKV::decode_head_keys(int layer, int kvh, int upto, float* out, size_t ld) const {
+  const Side& s = layers_[size_t(layer)].k;
+  const int B = spec_.k.block, hd = head_dim_, h0 = kvh * hd;
+  for (int c = 0; c < hd; ++c) std::fill(out + size_t(c) * ld, out + size_t(c) * ld + upto, 0.0f);
+  for (int u = 0; u * B < upto; ++u) {
+    const uint8_t* unit = &s.packed[size_t(u) * key_unit_bytes_];
+    if (spec_.k.kind == KVKind::F16) {
+      const auto* rows = reinterpret_cast<const uint16_t*>(unit) + h0;
+      for (int j = 0; j < B; ++j)
+        for (int c = 0; c < hd; ++c) out[size_t(c) * ld + size_t(u) * B + j] = f16_to_f32(rows[size_t(j) * kv_dim_ + c]);
+      continue;
+    }
+    key_block_acc(unit, h0, nullptr, out + size_t(u) * B, ld);
+  }
+}
+
+void QuantizedKV::decode_head_values(int layer, int kvh, int upto, float* out) const {
+  const Side& s = layers_[size_t(layer)].v;
+  const int hd = head_dim_, h0 = kvh * hd;
+  std::fill(out, out + size_t(upto) * hd, 0.0f);
+  for (int j = 0; j < upto; ++j) {
+    const uint8_t* unit = &s.packed[size_t(j) * value_unit_bytes_];
+    if (spec_.v.kind == KVKind::F16) kernels::f16_to_f32_row(reinterpret_cast<const uint16_t*>(unit) + h0, out + size_t(j) * hd, hd);
+    else value_row_acc(unit, h0, 1.0f, out + size_t(j) * hd);
   }
 }
 
@@ -398,21 +557,19 @@ void QuantizedKV::append(int layer, int pos, int n, const float* k, const float*
     L.k.tail.resize(size_t(pos - L.k.quantized) * kv_dim_);
     L.v.tail.resize(size_t(pos - L.v.quantized) * kv_dim_);
   }
-  const int len = pos + n;
-  const size_t row = size_t(kv_dim_);
-  for (auto* buf : {&rows.k, &rows.v, &rows.kq, &rows.vq}) buf->assign(size_t(len) * row, 0.0f);
-  // FP32 view: the tail, then the new rows.
-  auto exact = [&](const Side& s, const float* fresh, std::vector<float>& out) {
-    std::copy(s.tail.begin(), s.tail.end(), out.begin() + size_t(s.quantized) * row);
-    std::copy(fresh, fresh + size_t(n) * row, out.begin() + size_t(pos) * row);
+  // FP32 rows from the first position not yet quantized: the tail, then the new rows. A
+  // query of this batch reads them above its own cut, even when storing the batch
+  // quantizes them for later steps.
+  auto exact = [&](const Side& s, const float* fresh, std::vector<float>& out, int& first) {
+    first = s.quantized;
+    out.assign(s.tail.begin(), s.tail.end());
+    out.insert(out.end(), fresh, fresh + size_t(n) * kv_dim_);
   };
-  exact(L.k, k, rows.k);
-  exact(L.v, v, rows.v);
-  store(L.k, spec_.k, true, pos, len, k);
-  store(L.v, spec_.v, false, pos, len, v);
-  decode(L.k, spec_.k, true, L.k.quantized, rows.kq.data());
-  decode(L.v, spec_.v, false, L.v.quantized, rows.vq.data());
-  L.len = len;
+  exact(L.k, k, rows.k, rows.k_first);
+  exact(L.v, v, rows.v, rows.v_first);
+  store(L.k, spec_.k, true, pos, pos + n, k);
+  store(L.v, spec_.v, false, pos, pos + n, v);
+  L.len = pos + n;
 }
 
 size_t QuantizedKV::bytes() const {

@@ -117,36 +117,52 @@ void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv
   // the thread count.
   global_pool().parallel_for(cfg_.n_heads, [&](int64_t h0, int64_t h1) {
     std::vector<float> att(size_t(pos + n));
+    // A batch decodes each head's packed positions once (keys channel-major, so a query's
+    // scores are one pass of axpys over them); one query reads them in place.
+    const bool decode = kv.quant && n > 1;
+    const int kmax = decode ? kv.quant->quantized_keys(pos + n) : 0;
+    const int vmax = decode ? kv.quant->quantized_values(pos + n) : 0;
+    thread_local std::vector<float> kdec, vdec;
     for (int64_t h = h0; h < h1; ++h) {
       const int kvh = int(h) / group;
+      if (decode) {
+        kdec.resize(size_t(kmax) * hd);
+        vdec.resize(size_t(vmax) * hd);
+        kv.quant->decode_head_keys(kv.layer, kvh, kmax, kdec.data(), size_t(kmax));
+        kv.quant->decode_head_values(kv.layer, kvh, vmax, vdec.data());
+      }
       for (int t = 0; t < n; ++t) {
         const float* qt = q + int64_t(t) * dim + h * hd;
         const int len = pos + t + 1;  // causal: positions 0..pos+t
-        // Positions below the cuts read the quantized (decoded) rows.
+        // Positions below the cuts are read packed.
         const int kcut = kv.quant ? kv.quant->quantized_keys(len) : 0;
         const int vcut = kv.quant ? kv.quant->quantized_values(len) : 0;
         float mx = -INFINITY;
-        // K / V: FP32 rows, or FP16 rows (K16 / V16) when set.
-        auto score = [&](const float* K, const uint16_t* K16, int j0, int j1) {
-          if (j1 <= j0) return;
-          const int64_t at = kvh * kv.head_stride + j0 * kv.row_stride;
-          if (K16) kernels::dot_rows_f16(qt, K16 + at, kv.row_stride, j1 - j0, hd, scale, att.data() + j0);
-          else kernels::dot_rows_f32(qt, K + at, kv.row_stride, j1 - j0, hd, scale, att.data() + j0);
-          for (int j = j0; j < j1; ++j) mx = std::max(mx, att[j]);
-        };
-        score(kv.kq, nullptr, 0, kcut);
-        score(kv.k, kv.k16, kcut, len);
+        if (kcut > 0 && decode) {
+          std::fill(att.begin(), att.begin() + kcut, 0.0f);
+          kernels::mix_rows_f32(qt, 1.0f, kdec.data(), kmax, hd, att.data(), kcut);
+          for (int j = 0; j < kcut; ++j) att[j] *= scale;
+        } else if (kcut > 0) {
+          kv.quant->key_scores(kv.layer, kvh, qt, scale, kcut, att.data());
+        }
+        for (int j = 0; j < kcut; ++j) mx = std::max(mx, att[j]);
+        // Positions [j0, j1) from FP32 rows K (FP16 rows K16 when set) that start at `first`.
+        if (len > kcut) {
+          const int64_t at = kvh * kv.head_stride + int64_t(kcut - kv.k_first) * kv.row_stride;
+          if (kv.k16) kernels::dot_rows_f16(qt, kv.k16 + at, kv.row_stride, len - kcut, hd, scale, att.data() + kcut);
+          else kernels::dot_rows_f32(qt, kv.k + at, kv.row_stride, len - kcut, hd, scale, att.data() + kcut);
+          for (int j = kcut; j < len; ++j) mx = std::max(mx, att[j]);
+        }
         const float sum = kernels::exp_shifted_sum(att.data(), len, mx);
         float* ot = out + int64_t(t) * dim + h * hd;
         std::fill(ot, ot + hd, 0.0f);
-        auto mix = [&](const float* V, const uint16_t* V16, int j0, int j1) {
-          if (j1 <= j0) return;
-          const int64_t at = kvh * kv.head_stride + j0 * kv.row_stride;
-          if (V16) kernels::mix_rows_f16(att.data() + j0, sum, V16 + at, kv.row_stride, j1 - j0, ot, hd);
-          else kernels::mix_rows_f32(att.data() + j0, sum, V + at, kv.row_stride, j1 - j0, ot, hd);
-        };
-        mix(kv.vq, nullptr, 0, vcut);
-        mix(kv.v, kv.v16, vcut, len);
+        if (vcut > 0 && decode) kernels::mix_rows_f32(att.data(), sum, vdec.data(), hd, vcut, ot, hd);
+        else if (vcut > 0) kv.quant->mix_values(kv.layer, kvh, att.data(), sum, vcut, ot);
+        if (len > vcut) {
+          const int64_t at = kvh * kv.head_stride + int64_t(vcut - kv.v_first) * kv.row_stride;
+          if (kv.v16) kernels::mix_rows_f16(att.data() + vcut, sum, kv.v16 + at, kv.row_stride, len - vcut, ot, hd);
+          else kernels::mix_rows_f32(att.data() + vcut, sum, kv.v + at, kv.row_stride, len - vcut, ot, hd);
+        }
       }
     }
   });
@@ -201,8 +217,8 @@ void LlamaModel::forward_layer(int l, float* x, int n, int pos, KVCache& cache,
   AttentionKV kv;
   if (cache.quant) {
     cache.quant->append(l, pos, n, knew.data(), vnew.data(), rows);
-    kv = {.k = rows.k.data(), .v = rows.v.data(), .kq = rows.kq.data(), .vq = rows.vq.data(),
-          .quant = cache.quant.get(), .head_stride = cfg_.head_dim(), .row_stride = kv_dim};
+    kv = {.k = rows.k.data(), .v = rows.v.data(), .quant = cache.quant.get(), .layer = l, .k_first = rows.k_first,
+          .v_first = rows.v_first, .head_stride = cfg_.head_dim(), .row_stride = kv_dim};
   } else {
     store_kv(cache, l, pos, n, knew.data(), vnew.data());
     kv = {.k = cache.k.empty() ? nullptr : cache.k[l].data(), .v = cache.v.empty() ? nullptr : cache.v[l].data(),

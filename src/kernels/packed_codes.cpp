@@ -1,0 +1,98 @@
+#include "kernels/packed_codes.h"
+
+#include <cstring>
+
+#include "kernels/target_region.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace quantkit::kernels {
+namespace {
+
+inline int code_at(const uint8_t* p, int bits, int j) {
+  const int per = 8 / bits;
+  return p[j / per] >> (j % per * bits) & ((1 << bits) - 1);
+}
+
+void affine_tail(int bits, float ao, float as, const uint8_t* p, int j, int n, float* acc) {
+  for (; j < n; ++j) acc[j] += ao + as * float(code_at(p, bits, j));
+}
+
+void select_tail(float a0, float a1, const uint8_t* p, int j, int n, float* acc) {
+  for (; j < n; ++j) acc[j] += code_at(p, 1, j) ? a1 : a0;
+}
+
+#if defined(__x86_64__)
+QK_TARGET_BEGIN("avx2,fma")
+
+// Codes j .. j + 7 as 8 int32 lanes: bytes widened (8 bits), or the `bits` bytes holding
+// them broadcast and shifted right by lane * bits.
+template <int BITS>
+inline __m256i codes8(const uint8_t* p, int j) {
+  constexpr int bits = BITS;
+  if constexpr (bits == 8) {
+    int64_t v;
+    std::memcpy(&v, p + j, 8);
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+  } else {
+    uint32_t v = 0;
+    std::memcpy(&v, p + j * bits / 8, size_t(bits));
+    const __m256i shifts = _mm256_setr_epi32(0, bits, 2 * bits, 3 * bits, 4 * bits, 5 * bits, 6 * bits, 7 * bits);
+    return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(v)), shifts), _mm256_set1_epi32((1 << bits) - 1));
+  }
+}
+
+template <int BITS>
+void affine_avx2(float ao, float as, const uint8_t* p, int n, float* acc) {
+  const __m256 vo = _mm256_set1_ps(ao), vs = _mm256_set1_ps(as);
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 c = _mm256_cvtepi32_ps(codes8<BITS>(p, j));
+    _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), _mm256_fmadd_ps(vs, c, vo)));
+  }
+  affine_tail(BITS, ao, as, p, j, n, acc);
+}
+
+void select_avx2(float a0, float a1, const uint8_t* p, int n, float* acc) {
+  const __m256 v0 = _mm256_set1_ps(a0), v1 = _mm256_set1_ps(a1);
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 one = _mm256_castsi256_ps(_mm256_cmpeq_epi32(codes8<1>(p, j), _mm256_set1_epi32(1)));
+    _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), _mm256_blendv_ps(v0, v1, one)));
+  }
+  select_tail(a0, a1, p, j, n, acc);
+}
+
+QK_TARGET_END
+
+bool has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#endif
+
+}  // namespace
+
+void affine_codes_acc(int bits, float ao, float as, const uint8_t* p, int n, float* acc) {
+#if defined(__x86_64__)
+  if (has_avx2()) switch (bits) {
+      case 8: return affine_avx2<8>(ao, as, p, n, acc);
+      case 4: return affine_avx2<4>(ao, as, p, n, acc);
+      case 2: return affine_avx2<2>(ao, as, p, n, acc);
+      case 1: return affine_avx2<1>(ao, as, p, n, acc);
+      default: break;
+    }
+#endif
+  affine_tail(bits, ao, as, p, 0, n, acc);
+}
+
+void select_codes_acc(float a0, float a1, const uint8_t* p, int n, float* acc) {
+#if defined(__x86_64__)
+  if (has_avx2()) return select_avx2(a0, a1, p, n, acc);
+#endif
+  select_tail(a0, a1, p, 0, n, acc);
+}
+
+}  // namespace quantkit::kernels

@@ -1,0 +1,15 @@
+// Accumulating small packed codes into FP32 sums: the inner loop of attention over a
+// quantized KV cache (model/kv_cache.cpp), which reads codes where they are stored instead
+// of decoding the cache. Codes are LSB first from a byte-aligned start; AVX2 when the CPU
+// has it, else scalar (same sums: one product and one add per element, in order).
+#pragma once
+#include <cstdint>
+
+namespace quantkit::kernels {
+
+// acc[j] += ao + as * code[j], j < n, codes of `bits` (1, 2, 4 or 8) from p.
+void affine_codes_acc(int bits, float ao, float as, const uint8_t* p, int n, float* acc);
+// acc[j] += code[j] ? a1 : a0, j < n, 1-bit codes from p.
+void select_codes_acc(float a0, float a1, const uint8_t* p, int n, float* acc);
+
+}  // namespace quantkit::kernels
