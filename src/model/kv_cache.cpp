@@ -368,14 +368,16 @@ void QuantizedKV::store(Side& s, const KVSideSpec& spec, bool key, int pos, int 
   const int target = key ? quantized_keys(new_len) : quantized_values(new_len);
   const int unit_rows = key ? spec.block : 1;
   const size_t unit_bytes = key ? key_unit_bytes_ : value_unit_bytes_;
+  size_t done = 0;  // tail elements moved out (erased once: a prompt moves many units)
   while (s.quantized + unit_rows <= target) {
     const size_t at = s.packed.size();
     s.packed.resize(at + unit_bytes, 0);
-    if (key) encode_key_block(spec, s.tail.data(), unit_rows, kv_dim_, &s.packed[at]);
-    else encode_value_row(spec, s.tail.data(), kv_dim_, head_dim_, &s.packed[at]);
-    s.tail.erase(s.tail.begin(), s.tail.begin() + size_t(unit_rows) * kv_dim_);
+    if (key) encode_key_block(spec, s.tail.data() + done, unit_rows, kv_dim_, &s.packed[at]);
+    else encode_value_row(spec, s.tail.data() + done, kv_dim_, head_dim_, &s.packed[at]);
+    done += size_t(unit_rows) * kv_dim_;
     s.quantized += unit_rows;
   }
+  s.tail.erase(s.tail.begin(), s.tail.begin() + std::ptrdiff_t(done));
 }
 
 // ---- attention straight on the packed units ----
@@ -396,10 +398,15 @@ void unpack_codes(const uint8_t* p, size_t bit, int n, int bits, uint8_t* out) {
   for (int i = 0; i < n; ++i) out[i] = uint8_t(r.get(bits));
 }
 
-float f16_at(const uint8_t* p, size_t bit) {
-  if (bit % 8 == 0) return f16_to_f32(uint16_t(p[bit / 8] | p[bit / 8 + 1] << 8));
+[[gnu::noinline]] float f16_at_bits(const uint8_t* p, size_t bit) {
   BitReader r{p, bit};
   return r.get_f16();
+}
+
+// The FP16 value at bit `bit` (a record's scale or offset: on a byte in the usual layouts).
+inline float f16_at(const uint8_t* p, size_t bit) {
+  if (bit % 8 == 0) return f16_to_f32(uint16_t(p[bit / 8] | p[bit / 8 + 1] << 8));
+  return f16_at_bits(p, bit);
 }
 
 // One record of affine codes: acc[j] += a * off + a * step * code[j], j < n. Records that do
