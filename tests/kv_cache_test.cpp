@@ -5,6 +5,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <random>
 
@@ -356,5 +357,31 @@ TEST(KVCache, PackedCodeKernelsMatchScalarSums) {
       std::vector<float> sel(size_t(n), 0.0f);
       kernels::select_codes_acc(-1.5f, 2.5f, p.data(), n, sel.data());
       for (int j = 0; j < n; ++j) ASSERT_EQ(sel[size_t(j)], (p[size_t(j / 8)] >> (j % 8) & 1) ? 2.5f : -1.5f) << n << ", " << j;
+    }
+}
+
+TEST(KVCache, PackedRecordKernelMatchesPerChannelSums) {
+  // affine_records_acc (a key block's head slice in one pass) against affine_codes_acc per
+  // record: token counts around the 32-token step, every width.
+  std::mt19937 rng(9);
+  for (int bits : {1, 2, 4, 8})
+    for (int n : {8, 24, 32, 40, 64, 72}) {
+      const int channels = 5;
+      const size_t rb = 4 + size_t(n * bits / 8);
+      std::vector<uint8_t> recs(rb * channels);
+      for (auto& b : recs) b = uint8_t(rng());
+      for (int c = 0; c < channels; ++c) {  // finite FP16 off / step
+        const uint16_t off = f32_to_f16(0.1f * float(c) - 0.2f), step = f32_to_f16(0.03f * float(c + 1));
+        std::memcpy(&recs[c * rb], &off, 2);
+        std::memcpy(&recs[c * rb + 2], &step, 2);
+      }
+      const std::vector<float> w = gaussian(size_t(channels), 10);
+      std::vector<float> acc(size_t(n), 0.25f), ref = acc;
+      kernels::affine_records_acc(bits, w.data(), recs.data(), rb, channels, n, acc.data());
+      for (int c = 0; c < channels; ++c) {
+        const float off = f16_to_f32(f32_to_f16(0.1f * float(c) - 0.2f)), step = f16_to_f32(f32_to_f16(0.03f * float(c + 1)));
+        kernels::affine_codes_acc(bits, w[size_t(c)] * off, w[size_t(c)] * step, &recs[c * rb + 4], n, ref.data());
+      }
+      for (int j = 0; j < n; ++j) ASSERT_FLOAT_EQ(acc[size_t(j)], ref[size_t(j)]) << bits << " bits, n " << n << ", " << j;
     }
 }

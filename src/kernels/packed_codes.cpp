@@ -1,6 +1,9 @@
 #include "kernels/packed_codes.h"
 
+#include <algorithm>
 #include <cstring>
+
+#include "quantkit/fp16.h"
 
 #include "kernels/target_region.h"
 
@@ -24,8 +27,16 @@ void select_tail(float a0, float a1, const uint8_t* p, int j, int n, float* acc)
   for (; j < n; ++j) acc[j] += code_at(p, 1, j) ? a1 : a0;
 }
 
+inline float f16_le(const uint8_t* p) { return f16_to_f32(uint16_t(p[0] | p[1] << 8)); }
+
+void records_scalar(int bits, const float* w, const uint8_t* rec, size_t record_bytes, int channels, int n,
+                    float* acc) {
+  for (int c = 0; c < channels; ++c, rec += record_bytes)
+    affine_tail(bits, w[c] * f16_le(rec), w[c] * f16_le(rec + 2), rec + 4, 0, n, acc);
+}
+
 #if defined(__x86_64__)
-QK_TARGET_BEGIN("avx2,fma")
+QK_TARGET_BEGIN("avx2,fma,f16c")
 
 // Codes j .. j + 7 as 8 int32 lanes: bytes widened (8 bits), or the `bits` bytes holding
 // them broadcast and shifted right by lane * bits.
@@ -55,6 +66,32 @@ void affine_avx2(float ao, float as, const uint8_t* p, int n, float* acc) {
   affine_tail(BITS, ao, as, p, j, n, acc);
 }
 
+// 32 tokens at a time held in four registers across all channels.
+template <int BITS>
+void records_avx2(const float* w, const uint8_t* rec0, size_t record_bytes, int channels, int n, float* acc) {
+  int j0 = 0;
+  for (; j0 + 32 <= n; j0 += 32) {
+    __m256 a[4];
+    for (int k = 0; k < 4; ++k) a[k] = _mm256_loadu_ps(acc + j0 + 8 * k);
+    const uint8_t* rec = rec0;
+    for (int c = 0; c < channels; ++c, rec += record_bytes) {
+      const __m128i h = _mm_cvtsi32_si128(rec[0] | rec[1] << 8 | rec[2] << 16 | rec[3] << 24);
+      const __m128 os = _mm_mul_ps(_mm_cvtph_ps(h), _mm_set1_ps(w[c]));  // w off, w step
+      const __m256 vo = _mm256_broadcastss_ps(os), vs = _mm256_broadcastss_ps(_mm_movehdup_ps(os));
+      for (int k = 0; k < 4; ++k)
+        a[k] = _mm256_add_ps(a[k], _mm256_fmadd_ps(vs, _mm256_cvtepi32_ps(codes8<BITS>(rec + 4, j0 + 8 * k)), vo));
+    }
+    for (int k = 0; k < 4; ++k) _mm256_storeu_ps(acc + j0 + 8 * k, a[k]);
+  }
+  if (j0 == n) return;
+  const uint8_t* rec = rec0;
+  for (int c = 0; c < channels; ++c, rec += record_bytes) {
+    const float off = f16_le(rec), step = f16_le(rec + 2);
+    const int per = 8 / BITS;
+    affine_tail(BITS, w[c] * off, w[c] * step, rec + 4 + j0 / per, 0, n - j0, acc + j0);
+  }
+}
+
 void select_avx2(float a0, float a1, const uint8_t* p, int n, float* acc) {
   const __m256 v0 = _mm256_set1_ps(a0), v1 = _mm256_set1_ps(a1);
   int j = 0;
@@ -67,6 +104,7 @@ void select_avx2(float a0, float a1, const uint8_t* p, int n, float* acc) {
 
 QK_TARGET_END
 
+// F16C goes with AVX2 (every AVX2 CPU has it; see vec_ops.cpp).
 bool has_avx2() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
@@ -86,6 +124,20 @@ void affine_codes_acc(int bits, float ao, float as, const uint8_t* p, int n, flo
     }
 #endif
   affine_tail(bits, ao, as, p, 0, n, acc);
+}
+
+void affine_records_acc(int bits, const float* w, const uint8_t* records, size_t record_bytes, int channels, int n,
+                        float* acc) {
+#if defined(__x86_64__)
+  if (has_avx2()) switch (bits) {
+      case 8: return records_avx2<8>(w, records, record_bytes, channels, n, acc);
+      case 4: return records_avx2<4>(w, records, record_bytes, channels, n, acc);
+      case 2: return records_avx2<2>(w, records, record_bytes, channels, n, acc);
+      case 1: return records_avx2<1>(w, records, record_bytes, channels, n, acc);
+      default: break;
+    }
+#endif
+  records_scalar(bits, w, records, record_bytes, channels, n, acc);
 }
 
 void select_codes_acc(float a0, float a1, const uint8_t* p, int n, float* acc) {

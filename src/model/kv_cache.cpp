@@ -449,6 +449,8 @@ void QuantizedKV::key_block_acc(const uint8_t* unit, int h0, const float* w, flo
     bit = size_t(kv_dim_) + size_t(h0) * (32 + B) + size_t(B) * outliers_before;
   } else {
     bit = size_t(h0) * (32 + size_t(B) * sp.bits);
+    if (ld == 0 && w && (size_t(B) * sp.bits) % 8 == 0)  // whole-byte records: one pass per block
+      return kernels::affine_records_acc(sp.bits, w, unit + bit / 8, (32 + size_t(B) * sp.bits) / 8, hd, B, acc);
   }
   for (int c = h0; c < h0 + hd; ++c) {
     const bool two_level = sp.kind == KVKind::VidKV && !(unit[c / 8] >> (c % 8) & 1);
