@@ -306,7 +306,7 @@ TEST(KVCache, AttentionOnPackedUnitsEqualsDecodedRows) {
   std::vector<float> k = gaussian(size_t(len) * kv_dim, 11), v = gaussian(size_t(len) * kv_dim, 12);
   for (int t = 0; t < len; ++t) k[size_t(t) * kv_dim + 5] *= 8.0f;  // an outlier key channel
   for (const char* s : {"int8", "int4", "int2", "vidkv", "int4:b8,int4:g8", "int2:b5,int8:g32", "int4:b3,int2",
-                        "vidkv:b7:o0.3,ternary:g8", "f16,int8", "int8,f16", "vidkv,ternary:g32", "int4,ternary:g4"}) {
+                        "vidkv:b7:o0.3,ternary:g8", "vidkv:b40", "f16,int8", "int8,f16", "vidkv,ternary:g32", "int4,ternary:g4"}) {
     const KVSpec spec = parse_kv_spec(s);
     QuantizedKV cache(spec, 1, kv_dim, hd, 128);
     KVRows rows;

@@ -447,6 +447,8 @@ void QuantizedKV::key_block_acc(const uint8_t* unit, int h0, const float* w, flo
     int outliers_before = 0;
     for (int c = 0; c < h0; ++c) outliers_before += unit[c / 8] >> (c % 8) & 1;
     bit = size_t(kv_dim_) + size_t(h0) * (32 + B) + size_t(B) * outliers_before;
+    if (ld == 0 && w && B % 8 == 0 && kv_dim_ % 8 == 0)  // every record on a byte: one pass per block
+      return kernels::two_width_records_acc(unit, h0, w, unit + bit / 8, hd, B, acc);
   } else {
     bit = size_t(h0) * (32 + size_t(B) * sp.bits);
     if (ld == 0 && w && (size_t(B) * sp.bits) % 8 == 0)  // whole-byte records: one pass per block
