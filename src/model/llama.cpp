@@ -146,7 +146,8 @@ void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv
           kv.quant->key_scores(kv.layer, kvh, qt, scale, kcut, att.data());
         }
         for (int j = 0; j < kcut; ++j) mx = std::max(mx, att[j]);
-        // Positions [j0, j1) from FP32 rows K (FP16 rows K16 when set) that start at `first`.
+        // Positions [kcut, len) from the FP32 rows K (FP16 rows K16 when set), which hold
+        // positions from k_first on.
         if (len > kcut) {
           const int64_t at = kvh * kv.head_stride + int64_t(kcut - kv.k_first) * kv.row_stride;
           if (kv.k16) kernels::dot_rows_f16(qt, kv.k16 + at, kv.row_stride, len - kcut, hd, scale, att.data() + kcut);
