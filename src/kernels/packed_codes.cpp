@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "quantkit/fp16.h"
 
@@ -132,19 +133,27 @@ bool has_avx2() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 }
+
+// fn(std::integral_constant<int, bits>) for the code widths with an AVX2 kernel; false when
+// the CPU lacks AVX2 or the width is another.
+template <class Fn>
+bool with_avx2_bits(int bits, Fn fn) {
+  if (!has_avx2()) return false;
+  switch (bits) {
+    case 8: fn(std::integral_constant<int, 8>{}); return true;
+    case 4: fn(std::integral_constant<int, 4>{}); return true;
+    case 2: fn(std::integral_constant<int, 2>{}); return true;
+    case 1: fn(std::integral_constant<int, 1>{}); return true;
+    default: return false;
+  }
+}
 #endif
 
 }  // namespace
 
 void affine_codes_acc(int bits, float ao, float as, const uint8_t* p, int n, float* acc) {
 #if defined(__x86_64__)
-  if (has_avx2()) switch (bits) {
-      case 8: return affine_avx2<8>(ao, as, p, n, acc);
-      case 4: return affine_avx2<4>(ao, as, p, n, acc);
-      case 2: return affine_avx2<2>(ao, as, p, n, acc);
-      case 1: return affine_avx2<1>(ao, as, p, n, acc);
-      default: break;
-    }
+  if (with_avx2_bits(bits, [&](auto b) { affine_avx2<b()>(ao, as, p, n, acc); })) return;
 #endif
   affine_tail(bits, ao, as, p, 0, n, acc);
 }
@@ -152,13 +161,7 @@ void affine_codes_acc(int bits, float ao, float as, const uint8_t* p, int n, flo
 void affine_records_acc(int bits, const float* w, const uint8_t* records, size_t record_bytes, int channels, int n,
                         float* acc) {
 #if defined(__x86_64__)
-  if (has_avx2()) switch (bits) {
-      case 8: return records_avx2<8>(w, records, record_bytes, channels, n, acc);
-      case 4: return records_avx2<4>(w, records, record_bytes, channels, n, acc);
-      case 2: return records_avx2<2>(w, records, record_bytes, channels, n, acc);
-      case 1: return records_avx2<1>(w, records, record_bytes, channels, n, acc);
-      default: break;
-    }
+  if (with_avx2_bits(bits, [&](auto b) { records_avx2<b()>(w, records, record_bytes, channels, n, acc); })) return;
 #endif
   records_scalar(bits, w, records, record_bytes, channels, n, acc);
 }

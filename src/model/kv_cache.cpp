@@ -384,11 +384,11 @@ void QuantizedKV::store(Side& s, const KVSideSpec& spec, bool key, int pos, int 
 //
 // Every quantized element is an affine code: off + code * step (int keys and values, VidKV's
 // 2-bit outlier channels) or one of two levels (VidKV's 1-bit channels), or a trit times a
-// scale (ternary values). Attention reads a head's slice of each unit, unpacks its codes
-// into a small buffer and accumulates them in FP32: nothing is decoded beyond the head's
-// slice, and no FP32 copy of the cache exists. The decoded values equal decode_key_block /
-// decode_value_row's; only the order of the sums differs from a dot product over decoded
-// rows.
+// scale (ternary values). Attention reads a head's slice of each unit and accumulates
+// weight * element in FP32 straight from the codes (kernels/packed_codes; only records that
+// do not start on a byte are unpacked first): no FP32 copy of the cache exists. Against a
+// dot product over decode_key_block / decode_value_row's rows, the sums differ in order and
+// in rounding (w * off + w * step * code instead of w * (off + code * step)), not in value.
 
 namespace {
 

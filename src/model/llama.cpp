@@ -123,9 +123,11 @@ void LlamaModel::attention(const float* q, int n, int pos, const AttentionKV& kv
     const int kmax = decode ? kv.quant->quantized_keys(pos + n) : 0;
     const int vmax = decode ? kv.quant->quantized_values(pos + n) : 0;
     thread_local std::vector<float> kdec, vdec;
+    int decoded_kvh = -1;  // query heads of one kv head are consecutive: decode it once
     for (int64_t h = h0; h < h1; ++h) {
       const int kvh = int(h) / group;
-      if (decode) {
+      if (decode && kvh != decoded_kvh) {
+        decoded_kvh = kvh;
         kdec.resize(size_t(kmax) * hd);
         vdec.resize(size_t(vmax) * hd);
         kv.quant->decode_head_keys(kv.layer, kvh, kmax, kdec.data(), size_t(kmax));
