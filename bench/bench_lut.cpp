@@ -8,12 +8,10 @@
 // Generation is one token (tg), prompt processing 256 (pp). The codebooks are trained with
 // 2 Lloyd iterations (":i2"): speed does not depend on their quality.
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
-#include <functional>
-#include <random>
 #include <vector>
 
+#include "bench_util.h"
 #include "kernels/gemm.h"
 #include "kernels/lut_vq.h"
 #include "quantkit/format.h"
@@ -24,28 +22,9 @@ using namespace quantkit;
 
 namespace {
 
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-// Median seconds of `reps` runs after one warm-up.
-double median_time(int reps, const std::function<void()>& fn) {
-  fn();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    const double t0 = now();
-    fn();
-    t.push_back(now() - t0);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-std::vector<float> gaussian(size_t n, uint64_t seed, float sigma) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, sigma);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
+using qk_bench::gaussian;
+using qk_bench::median_time;
+using qk_bench::now;
 
 void row_tiles(const kernels::CodebookMatrix& m, const float* x, int64_t n, float* y) {
   constexpr int64_t kTile = 8;

@@ -17,8 +17,9 @@ namespace {
 
 using namespace quantkit;
 
-// Families whose rows cannot be decoded on their own: rht's row transform mixes every row.
-const std::set<std::string> kWholeMatrixFamilies = {"rht"};
+// Families whose rows cannot be decoded on their own: rht's row transform mixes every row
+// (the runtime multiplies through Format::rotated instead).
+const std::set<std::string> kRotatedFamilies = {"rht"};
 
 // Families registered by other tests (formats_hadamard_test.cpp), not by the library.
 const std::set<std::string> kTestFamilies = {"probe32"};
@@ -65,7 +66,7 @@ TEST(FormatRows, EveryExampleDecodesRowRangesBitExact) {
       const Packed p = f->quantize(w.data(), rows, cols, nullptr);
       std::vector<float> whole(w.size());
       f->dequantize(p, whole.data());
-      if (kWholeMatrixFamilies.count(family_of(spec))) {
+      if (kRotatedFamilies.count(family_of(spec))) {
         std::vector<float> out(static_cast<size_t>(cols), 0.0f);
         EXPECT_FALSE(f->dequantize_rows(p, 0, 1, out.data()));
         continue;
@@ -101,15 +102,17 @@ void expect_forward_matches_fp32(const PackedLinear& lin, const std::vector<floa
     }
 }
 
-// Quantkit formats without an integer kernel or codebook tables: row tiles (only rht
-// decodes the whole matrix), padding columns beyond the layer's inputs cropped, and the
-// product equal to the FP32 product of the dequantized weights.
+// Quantkit formats without an integer kernel or codebook tables: row tiles (rht: rotations
+// around its inner format's path), padding columns beyond the layer's inputs cropped, and
+// the product equal to the FP32 product of the dequantized weights. Rotated layers run with
+// FP32 activations here, so that an inner integer kernel is exact too (tests/
+// rotated_linear_test.cpp checks them with int8 activations).
 TEST(FormatRows, PackedLinearMultipliesRowTiles) {
   // 6 zero padding columns, as plan_tensor stores them.
   const int64_t rows = 70, cols = 90, stored = 96;
   const int64_t max_n = 130;  // 3 tokens: 8-row dot tiles; 130: row blocks through the GEMM
   const std::vector<float> x = qk_test::gaussian(size_t(max_n * cols), 11);
-  int row_tiles = 0;
+  int row_tiles = 0, rotated_layers = 0;
   for (const auto& [spec, f] : all_examples()) {
     if (formats::ggml_type_for_spec(spec) || !f->check_shape(rows, stored).empty()) continue;
     SCOPED_TRACE(spec);
@@ -121,16 +124,24 @@ TEST(FormatRows, PackedLinearMultipliesRowTiles) {
     PackedLinear lin(v);
     const std::string path = lin.path();
     if (path == "int8-kernel" || path == "vq-lut") continue;  // tested with their kernels
-    EXPECT_EQ(path, kWholeMatrixFamilies.count(family_of(spec)) ? "whole-matrix" : "row-tiles");
+    const bool rotated = kRotatedFamilies.count(family_of(spec));
+    if (rotated)
+      EXPECT_EQ(path.rfind("rotated:", 0), 0u) << path;
+    else
+      EXPECT_EQ(path, "row-tiles");
     row_tiles += path == "row-tiles";
+    rotated_layers += rotated;
     std::vector<float> deq(w.size());
     f->dequantize(p, deq.data());
+    set_int8_activations(!rotated);
     for (const int64_t n : {int64_t(3), max_n}) {
       SCOPED_TRACE(std::to_string(n) + " tokens");
       expect_forward_matches_fp32(lin, deq, stored, x, n);
     }
+    set_int8_activations(true);
   }
   EXPECT_GE(row_tiles, 60);  // of the registry's ~90 examples (today 60)
+  EXPECT_GE(rotated_layers, 4);
 }
 
 // Long prompts on a matrix of several 512-row blocks (the last one partial).

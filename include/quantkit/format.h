@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,22 @@ class ColumnEncoder {
   virtual Packed finish() = 0;
 };
 
+// The orthogonal transforms of a format that stores W = R^T Q' C with Q' in an inner format
+// (rht). A runtime layer multiplies y = R^T (Q' (C x)) with the inner format's own kernels
+// and never decodes W. Each call transforms n contiguous vectors, in place.
+class WeightRotation {
+ public:
+  virtual ~WeightRotation() = default;
+  virtual void rotate_inputs(float* x, int64_t n) const = 0;     // x <- C x (vectors of cols)
+  virtual void unrotate_outputs(float* y, int64_t n) const = 0;  // y <- R^T y (vectors of rows)
+};
+
+struct RotatedPacked {
+  std::unique_ptr<Format> inner;  // the format of Q'
+  Packed inner_packed;            // Q', rows x cols as the outer matrix
+  std::unique_ptr<WeightRotation> rotation;
+};
+
 class Format {
  public:
   virtual ~Format() = default;
@@ -87,6 +104,9 @@ class Format {
   // the format cannot decode rows on their own (e.g. a transform mixing rows). nr = 0
   // decodes nothing and answers in O(1): a probe of the capability.
   virtual bool dequantize_rows(const Packed& p, int64_t r0, int64_t nr, float* out) const { return false; }
+
+  // Set for formats of the form W = R^T Q' C (see WeightRotation), else nullopt.
+  virtual std::optional<RotatedPacked> rotated(const Packed& p) const { return std::nullopt; }
 
   // The symbol streams of p (empty when the format has none worth coding).
   virtual std::vector<SymbolStream> symbols(const Packed& p) const { return {}; }

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "quantkit/format.h"
@@ -41,7 +42,7 @@ class DenseLinear : public Linear {
 };
 
 // Weights kept in their packed form (a llama.cpp block type or a quantkit format); memory
-// holds only packed bytes. Three paths, best first:
+// holds only packed bytes, never a decoded copy of the matrix. Paths, best first:
 //  - integer kernels: formats whose weights are integer codes with per-block scales (q4_0,
 //    q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, iq4_nl, int<b> with groups of 32k) are re-laid
 //    losslessly into kernels::BlockQMatrix and multiplied with int8-quantized activations;
@@ -52,8 +53,9 @@ class DenseLinear : public Linear {
 //    quantkit format whose rows decode on their own (Format::dequantize_rows) decode a few
 //    rows at a time into a per-thread buffer (512-row blocks through the FP32 GEMM for long
 //    prompts);
-//  - whole matrix: formats whose rows do not decode alone (rht: the row transform mixes
-//    every row) decode the matrix per call.
+//  - rotated: formats storing W = R^T Q' C (rht, Format::rotated) rotate each token's input
+//    by C, multiply by Q' through an inner PackedLinear (any of the paths above), and
+//    rotate the outputs back by R^T.
 class PackedLinear : public Linear {
  public:
   explicit PackedLinear(const TensorView& w);  // copies (or re-lays) the packed bytes
@@ -62,7 +64,7 @@ class PackedLinear : public Linear {
   int64_t out_features() const override { return rows_; }
   void forward(const float* x, int64_t n, float* y) const override;
   size_t weight_bytes() const override;
-  // "int8-kernel", "vq-lut", "row-tiles" or "whole-matrix".
+  // "int8-kernel", "vq-lut", "row-tiles", or "rotated:" and the inner layer's path.
   const char* path() const;
 
  private:
@@ -70,7 +72,8 @@ class PackedLinear : public Linear {
   void forward_row_tiles(const float* x, int64_t n, float* y) const;
   void forward_row_blocks(const float* x, int64_t n, float* y, int64_t ld) const;
   void decode_rows(int64_t r0, int64_t nr, float* out) const;
-  void forward_whole(const float* x, int64_t n, float* y) const;
+  void forward_rotated(const float* x, int64_t n, float* y) const;
+  void init_rotated(const std::string& name, RotatedPacked r);
 
   DType type_;
   std::unique_ptr<Format> format_;                  // DType::QK only
@@ -78,6 +81,10 @@ class PackedLinear : public Linear {
   std::unique_ptr<kernels::CodebookMatrix> codebook_;  // codes and codebooks of vq / rvq / grvq
   Packed packed_;  // the bytes when there is no kernel layout (llama.cpp types: rows x row bytes)
   bool format_rows_ = false;  // format_ decodes row ranges (Format::dequantize_rows)
+  std::unique_ptr<WeightRotation> rotation_;  // rotated formats: C and R^T around inner_
+  std::unique_ptr<PackedLinear> inner_;       // Q' of a rotated format
+  int64_t stored_cols_ = 0;                   // inputs of inner_ (cols_ plus zero padding)
+  std::string rotated_path_;                  // path() of a rotated layer
   int64_t rows_, cols_;
 };
 

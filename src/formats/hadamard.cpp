@@ -14,7 +14,8 @@
 // orthogonal, together they cover every element and spread any element over at least P >
 // n/2 outputs, with no padding (so the inner format stores exactly rows x cols weights).
 // The 64-bit seed of the signs is stored (counted): bits = 64 + inner bits. A row of W mixes
-// every row of Q' (R^T is dense), so rows cannot be decoded alone (dequantize_rows: false).
+// every row of Q' (R^T is dense), so rows cannot be decoded alone (dequantize_rows: false);
+// the runtime instead multiplies y = R^T Q' (C x) with the inner format's kernels (rotated()).
 //
 // Importance (one value d_j per input column) becomes the matrix C diag(d) C^T for W', of
 // which the inner format can only use a diagonal: we pass diag(C diag(d) C^T), which is
@@ -33,9 +34,28 @@ namespace {
 
 constexpr int kSeedBits = 64;
 
+// One contiguous vector (stride 1, width 1): for h >= 8 the butterflies of a block are
+// contiguous runs the compiler vectorizes. Each element sees the same operations in the
+// same order as in the strided form, so the results are bit-identical.
+void fwht_vector(float* data, int64_t n) {
+  for (int64_t h = 1; h < n; h *= 2)
+    for (int64_t i = 0; i < n; i += 2 * h) {
+      float* __restrict a = data + i;
+      float* __restrict b = data + i + h;
+      for (int64_t j = 0; j < h; ++j) {
+        const float x = a[j], y = b[j];
+        a[j] = x + y;
+        b[j] = x - y;
+      }
+    }
+  const float norm = float(1.0 / std::sqrt(double(n)));
+  for (int64_t i = 0; i < n; ++i) data[i] *= norm;
+}
+
 // In place, orthonormal Walsh-Hadamard transform of n (a power of two) elements; element i
 // is the `width` contiguous floats at data + i * stride.
 void fwht(float* data, int64_t n, int64_t stride, int64_t width) {
+  if (stride == 1 && width == 1) return fwht_vector(data, n);
   for (int64_t h = 1; h < n; h *= 2)
     for (int64_t i = 0; i < n; i += 2 * h)
       for (int64_t j = i; j < i + h; ++j) {
@@ -158,6 +178,33 @@ uint64_t seed_for(int64_t rows, int64_t cols) {
   return rng.next();
 }
 
+// The runtime's view of a stored matrix: x <- C x before the inner format's product,
+// y <- R^T y after it. Tokens are independent, so they are split across threads.
+class HadamardRotation : public WeightRotation {
+ public:
+  explicit HadamardRotation(MatrixTransform t, int64_t rows, int64_t cols)
+      : t_(std::move(t)), rows_(rows), cols_(cols) {}
+
+  void rotate_inputs(float* x, int64_t n) const override {
+    for_tokens(n, [&](int64_t i) { t_.cols.forward(x + i * cols_, 1, 1); });
+  }
+  void unrotate_outputs(float* y, int64_t n) const override {
+    for_tokens(n, [&](int64_t i) { t_.rows.inverse(y + i * rows_, 1, 1); });
+  }
+
+ private:
+  template <typename Fn>
+  static void for_tokens(int64_t n, Fn&& fn) {
+    if (n == 1) return fn(0);  // a few microseconds: not worth waking the pool
+    global_pool().parallel_for(n, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) fn(i);
+    });
+  }
+
+  MatrixTransform t_;
+  int64_t rows_, cols_;
+};
+
 class RhtFormat : public Format {
  public:
   explicit RhtFormat(std::unique_ptr<Format> inner) : inner_(std::move(inner)) {}
@@ -190,6 +237,15 @@ class RhtFormat : public Format {
     const Packed inner = inner_packed(p);
     inner_->dequantize(inner, out);
     MatrixTransform::from_seed(stored_seed(p), p.rows, p.cols).inverse(out, p.rows, p.cols);
+  }
+
+  std::optional<RotatedPacked> rotated(const Packed& p) const override {
+    RotatedPacked r;
+    r.inner_packed = inner_packed(p);
+    r.inner = make_format(inner_->spec());
+    r.rotation = std::make_unique<HadamardRotation>(MatrixTransform::from_seed(stored_seed(p), p.rows, p.cols),
+                                                    p.rows, p.cols);
+    return r;
   }
 
   std::vector<SymbolStream> symbols(const Packed& p) const override { return inner_->symbols(inner_packed(p)); }

@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "quantkit/error.h"
+#include "formats/ggml_formats.h"
 #include "kernels/block_q.h"
 #include "kernels/gemm.h"
 #include "kernels/lut_vq.h"
@@ -36,7 +37,14 @@ PackedLinear::PackedLinear(const TensorView& w) : type_(w.type) {
   if (w.type == DType::QK) {
     format_ = make_format(w.format);
     packed_ = packed_of(w);
+    if (auto r = format_->rotated(packed_)) {
+      init_rotated(w.name, std::move(*r));
+      return;
+    }
     k = kernels::blockq_from_int(w.format, packed_, cols_);
+    // A llama.cpp block type held as a quantkit format (e.g. inside rht): the same bytes.
+    if (const auto ggml = formats::ggml_type_for_spec(w.format); !k && ggml && packed_.cols == cols_)
+      k = kernels::blockq_from_ggml(*ggml, packed_.bytes.data(), rows_, cols_);
     if (!k)
       if (auto cb = kernels::CodebookMatrix::from_packed(*format_, packed_, cols_)) {
         codebook_ = std::make_unique<kernels::CodebookMatrix>(std::move(*cb));
@@ -51,6 +59,9 @@ PackedLinear::PackedLinear(const TensorView& w) : type_(w.type) {
   }
   // nr = 0: the O(1) probe of whether the format's rows decode on their own.
   format_rows_ = format_ && !k && !codebook_ && format_->dequantize_rows(packed_, 0, 0, nullptr);
+  if (format_ && !k && !codebook_ && !format_rows_)
+    fail("linear weight '{}': format {} has no runtime path (rows do not decode alone, no rotation)", w.name,
+         w.format);
   if (k) {
     kernels::blockq_interleave16(*k);
     kernel_ = std::make_unique<kernels::BlockQMatrix>(std::move(*k));
@@ -58,17 +69,33 @@ PackedLinear::PackedLinear(const TensorView& w) : type_(w.type) {
   }
 }
 
+// Q' goes through the inner format's own path; the padding columns of the stored matrix
+// become inputs of Q' (the rotated input is padded with zeros before C).
+void PackedLinear::init_rotated(const std::string& name, RotatedPacked r) {
+  const Packed& q = r.inner_packed;
+  const std::string inner_spec = r.inner->spec();
+  TensorView v{name, DType::QK, {q.rows, q.cols}, q.bytes.data(), q.bytes.size()};
+  v.format = inner_spec, v.stored_cols = q.cols;
+  inner_ = std::make_unique<PackedLinear>(v);
+  rotation_ = std::move(r.rotation);
+  stored_cols_ = q.cols;
+  rotated_path_ = std::string("rotated:") + inner_->path();
+  packed_ = {};
+}
+
 PackedLinear::~PackedLinear() = default;
 
 size_t PackedLinear::weight_bytes() const {
+  if (inner_) return inner_->weight_bytes() + sizeof(uint64_t);  // + the seed of the transforms
   if (codebook_) return codebook_->bytes();
   return kernel_ ? kernel_->bytes() : packed_.bytes.size();
 }
 
 const char* PackedLinear::path() const {
+  if (inner_) return rotated_path_.c_str();
   if (kernel_) return "int8-kernel";
   if (codebook_) return codebook_->lut() ? "vq-lut" : "row-tiles";
-  return format_ && !format_rows_ ? "whole-matrix" : "row-tiles";
+  return "row-tiles";
 }
 
 namespace {
@@ -81,7 +108,7 @@ bool int8_activations() { return g_int8_activations; }
 void PackedLinear::forward(const float* x, int64_t n, float* y) const {
   if (kernel_ && g_int8_activations) return forward_int8(x, n, y);
   if (codebook_ && codebook_->lut() && n <= kernels::kLutMaxTokens) return codebook_->matmul(x, n, y);
-  if (!kernel_ && !codebook_ && format_ && !format_rows_) return forward_whole(x, n, y);
+  if (inner_) return forward_rotated(x, n, y);
   forward_row_tiles(x, n, y);
 }
 
@@ -154,11 +181,14 @@ void PackedLinear::forward_row_blocks(const float* x, int64_t n, float* y, int64
   });
 }
 
-void PackedLinear::forward_whole(const float* x, int64_t n, float* y) const {
-  thread_local std::vector<float> scratch;
-  scratch.resize(size_t(rows_ * cols_));
-  dequantize_cropped(*format_, packed_, cols_, scratch.data());
-  kernels::matmul_nt(x, n, scratch.data(), rows_, cols_, y);
+// y = R^T Q' (C x): two fast Walsh-Hadamard transforms per token around the inner product.
+void PackedLinear::forward_rotated(const float* x, int64_t n, float* y) const {
+  thread_local std::vector<float> xr;
+  xr.assign(size_t(n * stored_cols_), 0.0f);
+  for (int64_t t = 0; t < n; ++t) std::copy(x + t * cols_, x + (t + 1) * cols_, xr.data() + t * stored_cols_);
+  rotation_->rotate_inputs(xr.data(), n);
+  inner_->forward(xr.data(), n, y);
+  rotation_->unrotate_outputs(y, n);
 }
 
 std::unique_ptr<Linear> make_linear(const TensorView& w) {
