@@ -10,6 +10,7 @@
 #include "quantkit/tensor.h"
 
 namespace quantkit::kernels {
+class HalfMatrix;
 struct BlockQMatrix;
 class CodebookMatrix;
 }
@@ -55,7 +56,11 @@ class DenseLinear : public Linear {
 //    prompts);
 //  - rotated: formats storing W = R^T Q' C (rht, Format::rotated) rotate each token's input
 //    by C, multiply by Q' through an inner PackedLinear (any of the paths above), and
-//    rotate the outputs back by R^T.
+//    rotate the outputs back by R^T;
+//  - 16-bit floats (F16, BF16) stay 16-bit in an AMX tile layout (kernels/half_matrix.h):
+//    BF16 from 4 tokens on AMX tiles with activations rounded to BF16 ("bf16-amx", CPUs
+//    with AMX, int8 activations on), otherwise FMAs on weights widened in registers with
+//    FP32 activations ("half-fma").
 class PackedLinear : public Linear {
  public:
   explicit PackedLinear(const TensorView& w);  // copies (or re-lays) the packed bytes
@@ -64,7 +69,8 @@ class PackedLinear : public Linear {
   int64_t out_features() const override { return rows_; }
   void forward(const float* x, int64_t n, float* y) const override;
   size_t weight_bytes() const override;
-  // "int8-kernel", "vq-lut", "row-tiles", or "rotated:" and the inner layer's path.
+  // "int8-kernel", "vq-lut", "row-tiles", "bf16-amx", "half-fma", or "rotated:" and the
+  // inner layer's path.
   const char* path() const;
 
  private:
@@ -73,6 +79,8 @@ class PackedLinear : public Linear {
   void forward_row_blocks(const float* x, int64_t n, float* y, int64_t ld) const;
   void decode_rows(int64_t r0, int64_t nr, float* out) const;
   void forward_rotated(const float* x, int64_t n, float* y) const;
+  void forward_half(const float* x, int64_t n, float* y) const;
+  bool amx() const;  // BF16 weights on AMX tiles (kernels/half_matrix.h)
   void init_rotated(const std::string& name, RotatedPacked r);
 
   DType type_;
@@ -81,6 +89,7 @@ class PackedLinear : public Linear {
   std::unique_ptr<kernels::CodebookMatrix> codebook_;  // codes and codebooks of vq / rvq / grvq
   Packed packed_;  // the bytes when there is no kernel layout (llama.cpp types: rows x row bytes)
   bool format_rows_ = false;  // format_ decodes row ranges (Format::dequantize_rows)
+  std::unique_ptr<kernels::HalfMatrix> half_;  // F16 / BF16 weights, in strip layout
   std::unique_ptr<WeightRotation> rotation_;  // rotated formats: C and R^T around inner_
   std::unique_ptr<PackedLinear> inner_;       // Q' of a rotated format
   int64_t stored_cols_ = 0;                   // inputs of inner_ (cols_ plus zero padding)

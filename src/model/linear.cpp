@@ -7,6 +7,7 @@
 #include "formats/ggml_formats.h"
 #include "kernels/block_q.h"
 #include "kernels/gemm.h"
+#include "kernels/half_matrix.h"
 #include "kernels/lut_vq.h"
 #include "quantkit/packed_tensor.h"
 #include "quantkit/thread_pool.h"
@@ -16,8 +17,6 @@ namespace {
 
 // From this many tokens, decoded rows are multiplied in 512-row blocks by the GEMM.
 constexpr int64_t kGemmTokens = 128;
-
-bool is_plain_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
 
 }  // namespace
 
@@ -56,6 +55,12 @@ PackedLinear::PackedLinear(const TensorView& w) : type_(w.type) {
     const auto* src = static_cast<const uint8_t*>(w.data);
     k = kernels::blockq_from_ggml(w.type, src, rows_, cols_);
     if (!k) packed_.bytes.assign(src, src + need);
+    if (w.type == DType::F16 || w.type == DType::BF16) {
+      const auto type = w.type == DType::F16 ? kernels::HalfType::F16 : kernels::HalfType::BF16;
+      half_ = std::make_unique<kernels::HalfMatrix>(type, reinterpret_cast<const uint16_t*>(packed_.bytes.data()),
+                                                    rows_, cols_);
+      packed_ = {};  // the strip layout holds the same values
+    }
   }
   // nr = 0: the O(1) probe of whether the format's rows decode on their own.
   format_rows_ = format_ && !k && !codebook_ && format_->dequantize_rows(packed_, 0, 0, nullptr);
@@ -86,6 +91,7 @@ void PackedLinear::init_rotated(const std::string& name, RotatedPacked r) {
 PackedLinear::~PackedLinear() = default;
 
 size_t PackedLinear::weight_bytes() const {
+  if (half_) return half_->bytes();
   if (inner_) return inner_->weight_bytes() + sizeof(uint64_t);  // + the seed of the transforms
   if (codebook_) return codebook_->bytes();
   return kernel_ ? kernel_->bytes() : packed_.bytes.size();
@@ -93,6 +99,7 @@ size_t PackedLinear::weight_bytes() const {
 
 const char* PackedLinear::path() const {
   if (inner_) return rotated_path_.c_str();
+  if (half_) return amx() ? "bf16-amx" : "half-fma";
   if (kernel_) return "int8-kernel";
   if (codebook_) return codebook_->lut() ? "vq-lut" : "row-tiles";
   return "row-tiles";
@@ -109,6 +116,7 @@ void PackedLinear::forward(const float* x, int64_t n, float* y) const {
   if (kernel_ && g_int8_activations) return forward_int8(x, n, y);
   if (codebook_ && codebook_->lut() && n <= kernels::kLutMaxTokens) return codebook_->matmul(x, n, y);
   if (inner_) return forward_rotated(x, n, y);
+  if (half_) return forward_half(x, n, y);
   forward_row_tiles(x, n, y);
 }
 
@@ -135,6 +143,7 @@ void PackedLinear::decode_rows(int64_t r0, int64_t nr, float* out) const {
     return;
   }
   if (codebook_) return codebook_->decode_rows(r0, nr, out);
+  if (half_) return half_->decode_rows(r0, nr, out);
   if (format_) {  // rows of packed_.cols (stored) columns
     format_->dequantize_rows(packed_, r0, nr, out);
     return;
@@ -181,6 +190,27 @@ void PackedLinear::forward_row_blocks(const float* x, int64_t n, float* y, int64
   });
 }
 
+bool PackedLinear::amx() const { return half_ && half_->type() == kernels::HalfType::BF16 && kernels::has_amx_bf16(); }
+
+// 16-bit weights in strip layout (kernels/half_matrix.h); threads take strips of 32 rows.
+// BF16 weights from kAmxTokens tokens go through AMX tiles, with activations rounded to
+// BF16 once per call (as int8 activations are rounded for the integer kernels); otherwise
+// FMAs on weights widened in registers, with FP32 activations (generation is bound by
+// memory there, and the tiles are not faster).
+void PackedLinear::forward_half(const float* x, int64_t n, float* y) const {
+  constexpr int64_t kAmxTokens = 4;
+  const kernels::HalfMatrix& m = *half_;
+  if (n < kAmxTokens || !g_int8_activations || !amx()) {
+    global_pool().parallel_for(m.strips(),
+                               [&](int64_t s0, int64_t s1) { m.multiply_fp32(x, n, y, rows_, s0, s1); });
+    return;
+  }
+  thread_local std::vector<uint16_t> xb;
+  kernels::pad_bf16_activations(x, n, cols_, xb);
+  const uint16_t* xbp = xb.data();
+  global_pool().parallel_for(m.strips(), [&](int64_t s0, int64_t s1) { m.multiply_amx(xbp, n, y, rows_, s0, s1); });
+}
+
 // y = R^T Q' (C x): two fast Walsh-Hadamard transforms per token around the inner product.
 void PackedLinear::forward_rotated(const float* x, int64_t n, float* y) const {
   thread_local std::vector<float> xr;
@@ -192,7 +222,8 @@ void PackedLinear::forward_rotated(const float* x, int64_t n, float* y) const {
 }
 
 std::unique_ptr<Linear> make_linear(const TensorView& w) {
-  if (is_plain_float(w.type)) return std::make_unique<DenseLinear>(to_float(w));
+  // 16-bit floats stay 16-bit (half the memory and the bytes read per token).
+  if (w.type == DType::F32 || w.type == DType::F64) return std::make_unique<DenseLinear>(to_float(w));
   return std::make_unique<PackedLinear>(w);
 }
 
