@@ -58,9 +58,9 @@ class DenseLinear : public Linear {
 //    by C, multiply by Q' through an inner PackedLinear (any of the paths above), and
 //    rotate the outputs back by R^T;
 //  - 16-bit floats (F16, BF16) stay 16-bit in an AMX tile layout (kernels/half_matrix.h):
-//    BF16 from 4 tokens on AMX tiles with activations rounded to BF16 ("bf16-amx", CPUs
-//    with AMX, int8 activations on), otherwise FMAs on weights widened in registers with
-//    FP32 activations ("half-fma").
+//    BF16 from 4 tokens with activations rounded to BF16 (int8 activations on) on AMX tiles
+//    ("bf16-amx") or with vdpbf16ps where it is fast ("bf16-dot", AMD), otherwise FMAs on
+//    weights widened in registers with FP32 activations ("half-fma").
 class PackedLinear : public Linear {
  public:
   explicit PackedLinear(const TensorView& w);  // copies (or re-lays) the packed bytes
@@ -69,7 +69,7 @@ class PackedLinear : public Linear {
   int64_t out_features() const override { return rows_; }
   void forward(const float* x, int64_t n, float* y) const override;
   size_t weight_bytes() const override;
-  // "int8-kernel", "vq-lut", "row-tiles", "bf16-amx", "half-fma", or "rotated:" and the
+  // "int8-kernel", "vq-lut", "row-tiles", "bf16-amx", "bf16-dot", "half-fma", or "rotated:" and the
   // inner layer's path.
   const char* path() const;
 
@@ -80,7 +80,6 @@ class PackedLinear : public Linear {
   void decode_rows(int64_t r0, int64_t nr, float* out) const;
   void forward_rotated(const float* x, int64_t n, float* y) const;
   void forward_half(const float* x, int64_t n, float* y) const;
-  bool amx() const;  // BF16 weights on AMX tiles (kernels/half_matrix.h)
   void init_rotated(const std::string& name, RotatedPacked r);
 
   DType type_;

@@ -129,7 +129,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void HalfMatrix::multiply_amx(const
 
 #else
 void HalfMatrix::multiply_amx(const uint16_t*, int64_t, float*, int64_t, int64_t, int64_t) const {
-  std::abort();  // callers check has_amx_bf16()
+  std::abort();  // bf16_products() is never Amx here
 }
 #endif
 

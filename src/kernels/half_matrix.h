@@ -13,9 +13,10 @@
 //
 // Measured (bench/bench_half, 2 threads, 4096 x 4096): one token 0.58 ms against 1.2 ms
 // for the FP32 copy (the bytes halve); 256 tokens 33 ms with FMAs and 8.8 ms with AMX,
-// against 55 ms for our FP32 GEMM. AVX512_BF16's vdpbf16ps was measured and is not used: on
-// this Sapphire Rapids it issues at a quarter of the rate of a 512-bit FMA (0.52 against
-// 0.13 ns per instruction, 12-24 independent sums, one thread), so half the FLOP rate.
+// against 55 ms for our FP32 GEMM. AVX512_BF16's vdpbf16ps (16 independent sums, one
+// thread) issues at a quarter of the rate of a 512-bit FMA on Sapphire Rapids (0.52 against
+// 0.13 ns per instruction: half the FLOP rate, not used there) and at the same rate on an
+// AMD EPYC (0.15 ns each: twice the FLOP rate, used where there is no AMX).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -28,10 +29,18 @@ enum class HalfType { F16, BF16 };
 // The CPU has AMX-BF16 and Linux granted this process the tile state (kernel >= 5.16).
 // QUANTKIT_AMX=off in the environment turns it off.
 bool has_amx_bf16();
+// The CPU has AVX512_BF16 (vdpbf16ps).
+bool has_avx512_bf16();
+
+// How BF16 weights multiply BF16-rounded activations: AMX tiles, or vdpbf16ps where that
+// issues at the rate of an FMA (it does on AMD Zen 4/5: twice the FLOPs of widening; on
+// Sapphire Rapids it issues at a quarter of it, and AMX is there anyway). None: F16
+// weights, or neither instruction set.
+enum class Bf16Products { None, Amx, Avx512 };
 
 // xb [n, cols] = x rounded to BF16 (to nearest, ties to even; a NaN stays a NaN).
 void round_to_bf16(const float* x, int64_t n, int64_t cols, uint16_t* xb);
-// Activations for HalfMatrix::multiply_amx: x rounded to BF16, zero-padded to
+// Activations for HalfMatrix::multiply_bf16: x rounded to BF16, zero-padded to
 // [round_up(n, 16), round_up(cols, 32)].
 void pad_bf16_activations(const float* x, int64_t n, int64_t cols, std::vector<uint16_t>& xb);
 
@@ -51,9 +60,12 @@ class HalfMatrix {
   // FP32 activations x [n, cols] (exact products; FMA order fixed per row and token).
   void multiply_fp32(const float* x, int64_t n, float* y, int64_t ldy, int64_t s0, int64_t s1) const;
 
-  // The same on AMX tiles, xb from pad_bf16_activations; BF16 weights and has_amx_bf16()
-  // only. Any thread; each call configures and releases the calling thread's tiles.
-  void multiply_amx(const uint16_t* xb, int64_t n, float* y, int64_t ldy, int64_t s0, int64_t s1) const;
+  // What multiply_bf16 runs on.
+  Bf16Products bf16_products() const;
+  // The same with activations rounded to BF16 (xb from pad_bf16_activations), on
+  // bf16_products(), which must not be None. Any thread (AMX: each call configures and
+  // releases the calling thread's tiles).
+  void multiply_bf16(const uint16_t* xb, int64_t n, float* y, int64_t ldy, int64_t s0, int64_t s1) const;
 
   // Rows [r0, r0 + nr) of W widened to FP32, into out [nr, cols].
   void decode_rows(int64_t r0, int64_t nr, float* out) const;
@@ -65,6 +77,8 @@ class HalfMatrix {
   size_t row_start(int64_t r) const;
   static size_t offset(int64_t c) { return size_t((c >> 5) * 1024 + ((c & 31) >> 1) * 32 + (c & 1)); }
   float widen(uint16_t h) const;
+  void multiply_amx(const uint16_t* xb, int64_t n, float* y, int64_t ldy, int64_t s0, int64_t s1) const;
+  void multiply_dot(const uint16_t* xb, int64_t n, float* y, int64_t ldy, int64_t s0, int64_t s1) const;
 
   HalfType type_;
   int64_t rows_, cols_, chunks_;  // chunks_: column chunks of 32

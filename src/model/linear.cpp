@@ -99,7 +99,13 @@ size_t PackedLinear::weight_bytes() const {
 
 const char* PackedLinear::path() const {
   if (inner_) return rotated_path_.c_str();
-  if (half_) return amx() ? "bf16-amx" : "half-fma";
+  if (half_) {
+    switch (half_->bf16_products()) {
+      case kernels::Bf16Products::Amx: return "bf16-amx";
+      case kernels::Bf16Products::Avx512: return "bf16-dot";
+      case kernels::Bf16Products::None: return "half-fma";
+    }
+  }
   if (kernel_) return "int8-kernel";
   if (codebook_) return codebook_->lut() ? "vq-lut" : "row-tiles";
   return "row-tiles";
@@ -190,17 +196,15 @@ void PackedLinear::forward_row_blocks(const float* x, int64_t n, float* y, int64
   });
 }
 
-bool PackedLinear::amx() const { return half_ && half_->type() == kernels::HalfType::BF16 && kernels::has_amx_bf16(); }
-
 // 16-bit weights in strip layout (kernels/half_matrix.h); threads take strips of 32 rows.
-// BF16 weights from kAmxTokens tokens go through AMX tiles, with activations rounded to
-// BF16 once per call (as int8 activations are rounded for the integer kernels); otherwise
-// FMAs on weights widened in registers, with FP32 activations (generation is bound by
-// memory there, and the tiles are not faster).
+// BF16 weights from kBf16Tokens tokens multiply BF16 products (AMX tiles or vdpbf16ps),
+// with activations rounded to BF16 once per call (as int8 activations are rounded for the
+// integer kernels); otherwise FMAs on weights widened in registers, with FP32 activations
+// (generation is bound by memory there, and the products are not faster).
 void PackedLinear::forward_half(const float* x, int64_t n, float* y) const {
-  constexpr int64_t kAmxTokens = 4;
+  constexpr int64_t kBf16Tokens = 4;
   const kernels::HalfMatrix& m = *half_;
-  if (n < kAmxTokens || !g_int8_activations || !amx()) {
+  if (n < kBf16Tokens || !g_int8_activations || m.bf16_products() == kernels::Bf16Products::None) {
     global_pool().parallel_for(m.strips(),
                                [&](int64_t s0, int64_t s1) { m.multiply_fp32(x, n, y, rows_, s0, s1); });
     return;
@@ -208,7 +212,7 @@ void PackedLinear::forward_half(const float* x, int64_t n, float* y) const {
   thread_local std::vector<uint16_t> xb;
   kernels::pad_bf16_activations(x, n, cols_, xb);
   const uint16_t* xbp = xb.data();
-  global_pool().parallel_for(m.strips(), [&](int64_t s0, int64_t s1) { m.multiply_amx(xbp, n, y, rows_, s0, s1); });
+  global_pool().parallel_for(m.strips(), [&](int64_t s0, int64_t s1) { m.multiply_bf16(xbp, n, y, rows_, s0, s1); });
 }
 
 // y = R^T Q' (C x): two fast Walsh-Hadamard transforms per token around the inner product.
