@@ -10,6 +10,7 @@
 
 #include "quantkit/error.h"
 #include "quantkit/format.h"
+#include "quantkit/linear.h"
 
 namespace qk_test {
 
@@ -102,6 +103,24 @@ inline SpecRoundTrip round_trip(const std::string& spec, const std::vector<float
   r.q.assign(w.size(), NAN);
   f->dequantize(r.p, r.q.data());
   return r;
+}
+
+// sqrt(sum (y - ref)^2 / sum ref^2) over n tokens of x, y = lin.forward(x), ref = W x in
+// double with W the [out, in] reference weights in rows of ldw (>= in; extra columns unread).
+inline double linear_relative_error(const quantkit::Linear& lin, const std::vector<float>& w, int64_t ldw,
+                                    const std::vector<float>& x, int64_t n) {
+  const int64_t rows = lin.out_features(), cols = lin.in_features();
+  std::vector<float> y(size_t(n * rows), NAN);
+  lin.forward(x.data(), n, y.data());
+  double err = 0, norm = 0;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      double ref = 0;
+      for (int64_t j = 0; j < cols; ++j) ref += double(w[size_t(r * ldw + j)]) * x[size_t(t * cols + j)];
+      const double d = double(y[size_t(t * rows + r)]) - ref;
+      err += d * d, norm += ref * ref;
+    }
+  return std::sqrt(err / norm);
 }
 
 }  // namespace qk_test

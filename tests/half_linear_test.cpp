@@ -32,22 +32,6 @@ Weights make_weights(DType type, int64_t rows, int64_t cols, uint64_t seed) {
   return w;
 }
 
-// sqrt(sum (y - ref)^2 / sum ref^2), ref = widened W x in double.
-double relative_error(const Linear& lin, const std::vector<float>& w, const std::vector<float>& x, int64_t n) {
-  const int64_t rows = lin.out_features(), cols = lin.in_features();
-  std::vector<float> y(size_t(n * rows), NAN);
-  lin.forward(x.data(), n, y.data());
-  double err = 0, norm = 0;
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t r = 0; r < rows; ++r) {
-      double ref = 0;
-      for (int64_t c = 0; c < cols; ++c) ref += double(w[size_t(r * cols + c)]) * x[size_t(t * cols + c)];
-      const double d = double(y[size_t(t * rows + r)]) - ref;
-      err += d * d, norm += ref * ref;
-    }
-  return std::sqrt(err / norm);
-}
-
 // Rows and columns off the 32 of a strip and a chunk, and a real width.
 const int64_t kShapes[][2] = {{50, 40}, {70, 100}, {33, 31}, {64, 2048}};
 const int64_t kTokens[] = {1, 3, 4, 17, 33, 40, 130};
@@ -79,9 +63,9 @@ TEST(HalfLinear, EqualsTheWidenedProductForEveryShapeAndTokenCount) {
       for (const int64_t n : kTokens) {
         SCOPED_TRACE(std::to_string(n) + " tokens");
         const bool rounded = products && n >= 4;  // BF16 products from 4 tokens
-        EXPECT_LT(relative_error(lin, w.widened, x, n), rounded ? kBf16ActivationBound : kFp32Bound);
+        EXPECT_LT(qk_test::linear_relative_error(lin, w.widened, cols, x, n), rounded ? kBf16ActivationBound : kFp32Bound);
         set_int8_activations(false);  // --fp32-activations: never rounded
-        EXPECT_LT(relative_error(lin, w.widened, x, n), kFp32Bound);
+        EXPECT_LT(qk_test::linear_relative_error(lin, w.widened, cols, x, n), kFp32Bound);
         set_int8_activations(true);
       }
     }

@@ -14,23 +14,6 @@ namespace {
 
 using namespace quantkit;
 
-// sqrt(sum (y - ref)^2 / sum ref^2) over all tokens, ref = deq x in double.
-double relative_error(const PackedLinear& lin, const std::vector<float>& deq, int64_t stored,
-                      const std::vector<float>& x, int64_t n) {
-  const int64_t rows = lin.out_features(), cols = lin.in_features();
-  std::vector<float> y(size_t(n * rows), NAN);
-  lin.forward(x.data(), n, y.data());
-  double err = 0, norm = 0;
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t r = 0; r < rows; ++r) {
-      double ref = 0;
-      for (int64_t j = 0; j < cols; ++j) ref += double(deq[size_t(r * stored + j)]) * x[size_t(t * cols + j)];
-      const double d = double(y[size_t(t * rows + r)]) - ref;
-      err += d * d, norm += ref * ref;
-    }
-  return std::sqrt(err / norm);
-}
-
 struct Case {
   const char* spec;
   int64_t rows, cols, stored;  // stored > cols: zero padding columns, as plan_tensor stores them
@@ -70,9 +53,9 @@ TEST(RotatedLinear, EqualsTheDecodedMatrixProductOnEveryInnerPath) {
     const std::vector<float> x = qk_test::gaussian(size_t(200 * c.cols), 9);
     for (const int64_t n : {1, 3, 200}) {  // 200: the GEMM row blocks of the inner row tiles
       SCOPED_TRACE(std::to_string(n) + " tokens");
-      EXPECT_LT(relative_error(lin, deq, c.stored, x, n), c.int8_bound);
+      EXPECT_LT(qk_test::linear_relative_error(lin, deq, c.stored, x, n), c.int8_bound);
       set_int8_activations(false);
-      EXPECT_LT(relative_error(lin, deq, c.stored, x, n), 1e-5);
+      EXPECT_LT(qk_test::linear_relative_error(lin, deq, c.stored, x, n), 1e-5);
       set_int8_activations(true);
     }
   }
