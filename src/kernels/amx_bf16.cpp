@@ -5,6 +5,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
+
+#include "quantkit/fp16.h"
 
 #if defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
@@ -43,11 +46,17 @@ struct TileConfig {
 
 // Tiles 0-3: sums (16 tokens x 16 rows FP32), 4-5: activations (16 tokens x 32 columns),
 // 6-7: weights (16 column pairs x 16 rows x 2). Every tile is 16 rows of 64 bytes.
-__attribute__((target("amx-tile"))) void configure_tiles() {
+constexpr TileConfig tile_config() {
   TileConfig cfg;
   for (int i = 0; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;
-  _tile_loadconfig(&cfg);
+  return cfg;
 }
+// In read-only static storage: GCC 12's _tile_loadconfig tells the optimiser it reads 8
+// bytes, so a config filled on the stack may lose its other stores (ggml's AMX kernels
+// crash that way, see scripts/bench-peer.sh).
+alignas(64) constexpr TileConfig kTileConfig = tile_config();
+
+__attribute__((target("amx-tile"))) void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 
 // The weights of a strip are read once per 32 tokens: the first pass comes from memory, and
 // tile loads alone keep too few lines in flight. Past the end of the matrix a prefetch is
@@ -72,9 +81,37 @@ inline void prefetch_chunk(const uint16_t* chunk) {
 
 }  // namespace
 
+#if QK_HAVE_AMX
+namespace {
+// One product with every edge case (rows and tokens off the tile sizes, two token tiles,
+// two chunks) on small integers, whose BF16 products and FP32 sums are exact: AMX is used
+// only if it gives the exact result. The tile intrinsics are inline assembly that the
+// compiler sees only in part (see kTileConfig), and no CI machine may have AMX to test on.
+bool amx_self_check() {
+  constexpr int64_t rows = 40, cols = 50, n = 20;
+  std::vector<uint16_t> w(rows * cols);
+  std::vector<float> x(n * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) w[size_t(i)] = f32_to_bf16(float(int(i % 7) - 3));
+  for (int64_t i = 0; i < n * cols; ++i) x[size_t(i)] = float(int(i % 5) - 2);
+  const HalfMatrix m(HalfType::BF16, w.data(), rows, cols);
+  std::vector<uint16_t> xb;
+  pad_bf16_activations(x.data(), n, cols, xb);
+  std::vector<float> y(n * rows, -1.0f);
+  m.multiply_amx(xb.data(), n, y.data(), rows, 0, m.strips());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      float ref = 0;
+      for (int64_t c = 0; c < cols; ++c) ref += float(int((r * cols + c) % 7) - 3) * x[size_t(t * cols + c)];
+      if (y[size_t(t * rows + r)] != ref) return false;
+    }
+  return true;
+}
+}  // namespace
+#endif
+
 bool has_amx_bf16() {
 #if QK_HAVE_AMX
-  static const bool yes = detect_amx();
+  static const bool yes = detect_amx() && amx_self_check();
   return yes;
 #else
   return false;
@@ -82,7 +119,9 @@ bool has_amx_bf16() {
 }
 
 #if QK_HAVE_AMX
-__attribute__((target("amx-tile,amx-bf16"))) void HalfMatrix::multiply_amx(const uint16_t* xb, int64_t n, float* y,
+// noinline: the tile loads are assembly without a memory input, so callers' stores to the
+// activations must be complete at a real call.
+__attribute__((target("amx-tile,amx-bf16"), noinline)) void HalfMatrix::multiply_amx(const uint16_t* xb, int64_t n, float* y,
                                                                            int64_t ldy, int64_t s0, int64_t s1) const {
   configure_tiles();
   alignas(64) float tmp[16 * 16];

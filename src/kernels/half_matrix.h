@@ -26,8 +26,8 @@ namespace quantkit::kernels {
 
 enum class HalfType { F16, BF16 };
 
-// The CPU has AMX-BF16 and Linux granted this process the tile state (kernel >= 5.16).
-// QUANTKIT_AMX=off in the environment turns it off.
+// The CPU has AMX-BF16, Linux granted this process the tile state (kernel >= 5.16), and a
+// small product on the tiles came out exact (checked once). QUANTKIT_AMX=off turns it off.
 bool has_amx_bf16();
 // The CPU has AVX512_BF16 (vdpbf16ps).
 bool has_avx512_bf16();
@@ -67,6 +67,9 @@ class HalfMatrix {
   // releases the calling thread's tiles).
   void multiply_bf16(const uint16_t* xb, int64_t n, float* y, int64_t ldy, int64_t s0, int64_t s1) const;
 
+  // multiply_bf16 on AMX tiles (public for has_amx_bf16's self-check); has_amx_bf16() only.
+  void multiply_amx(const uint16_t* xb, int64_t n, float* y, int64_t ldy, int64_t s0, int64_t s1) const;
+
   // Rows [r0, r0 + nr) of W widened to FP32, into out [nr, cols].
   void decode_rows(int64_t r0, int64_t nr, float* out) const;
 
@@ -77,7 +80,6 @@ class HalfMatrix {
   size_t row_start(int64_t r) const;
   static size_t offset(int64_t c) { return size_t((c >> 5) * 1024 + ((c & 31) >> 1) * 32 + (c & 1)); }
   float widen(uint16_t h) const;
-  void multiply_amx(const uint16_t* xb, int64_t n, float* y, int64_t ldy, int64_t s0, int64_t s1) const;
   void multiply_dot(const uint16_t* xb, int64_t n, float* y, int64_t ldy, int64_t s0, int64_t s1) const;
 
   HalfType type_;
