@@ -20,7 +20,7 @@
 namespace quantkit::kernels {
 namespace {
 
-constexpr int64_t kChunk = 32;  // columns per tile (32 BF16 = 64 bytes)
+constexpr int64_t kChunk = HalfMatrix::kChunkCols;  // columns per tile
 constexpr int64_t kTileTokens = 16;
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }

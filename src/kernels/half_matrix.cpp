@@ -1,7 +1,6 @@
 #include "kernels/half_matrix.h"
 
 #include <algorithm>
-#include <bit>
 #include <cstdlib>
 #include <cstring>
 
@@ -15,17 +14,10 @@
 namespace quantkit::kernels {
 namespace {
 
-constexpr int64_t kChunk = 32;  // columns per chunk (32 16-bit values = 64 bytes per row)
+constexpr int64_t kChunk = HalfMatrix::kChunkCols;
 constexpr int64_t kPassTokens = 4;
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-// Round to nearest, ties to even, on the bits; a NaN keeps a set mantissa bit (quiet).
-uint16_t bf16_of(float f) {
-  const uint32_t u = std::bit_cast<uint32_t>(f);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((u >> 16) | 0x40);
-  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 
 bool has_avx512() {
 #if defined(__x86_64__)
@@ -61,7 +53,7 @@ inline void prefetch_ahead(const uint16_t* line) {
   _mm_prefetch(reinterpret_cast<const char*>(line + 2 * 1024), _MM_HINT_T0);
 }
 
-// The rounding of bf16_of, 16 at a time (the same bits).
+// The rounding of f32_to_bf16 (quantkit/fp16.h), 16 at a time (the same bits).
 QK_HALF_TARGET void round_to_bf16_avx512(const float* x, int64_t count, uint16_t* out) {
   const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF), quiet = _mm512_set1_epi32(0x40);
   const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
@@ -74,7 +66,7 @@ QK_HALF_TARGET void round_to_bf16_avx512(const float* x, int64_t count, uint16_t
     r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), quiet);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm512_cvtepi32_epi16(r));
   }
-  for (; i < count; ++i) out[i] = bf16_of(x[i]);
+  for (; i < count; ++i) out[i] = f32_to_bf16(x[i]);
 }
 
 // T tokens (x: rows of ldx floats, padded to whole chunks) against one strip of BF16
@@ -234,7 +226,7 @@ void round_to_bf16(const float* x, int64_t n, int64_t cols, uint16_t* xb) {
     return;
   }
 #endif
-  for (int64_t i = 0; i < n * cols; ++i) xb[i] = bf16_of(x[i]);
+  for (int64_t i = 0; i < n * cols; ++i) xb[i] = f32_to_bf16(x[i]);
 }
 
 void pad_bf16_activations(const float* x, int64_t n, int64_t cols, std::vector<uint16_t>& xb) {
@@ -244,12 +236,13 @@ void pad_bf16_activations(const float* x, int64_t n, int64_t cols, std::vector<u
   for (int64_t t = 0; t < n; ++t) round_to_bf16(x + t * cols, 1, cols, xb.data() + t * ld);
 }
 
-HalfMatrix::HalfMatrix(HalfType type, const uint16_t* w, int64_t rows, int64_t cols)
+HalfMatrix::HalfMatrix(HalfType type, const void* w, int64_t rows, int64_t cols)
     : type_(type), rows_(rows), cols_(cols), chunks_((cols + kChunk - 1) / kChunk) {
   tiles_.assign(size_t(strips() * kStripRows * chunks_ * kChunk), 0);
+  const auto* src = static_cast<const uint8_t*>(w);  // a file's bytes: maybe not 2-aligned
   for (int64_t r = 0; r < rows; ++r) {
     uint16_t* row = tiles_.data() + row_start(r);
-    for (int64_t c = 0; c < cols; ++c) row[offset(c)] = w[r * cols + c];
+    for (int64_t c = 0; c < cols; ++c) std::memcpy(&row[offset(c)], src + 2 * (r * cols + c), 2);
   }
 }
 
@@ -271,14 +264,19 @@ void HalfMatrix::decode_rows(int64_t r0, int64_t nr, float* out) const {
 void HalfMatrix::multiply_fp32(const float* x, int64_t n, float* y, int64_t ldy, int64_t s0, int64_t s1) const {
 #if defined(__x86_64__)
   if (has_avx512()) {
-    // x padded to whole chunks: the padding weights are zero, the padding inputs must be finite.
+    // x padded to whole chunks: the padding weights are zero, the padding inputs must be
+    // finite. Real widths are whole chunks already and are read in place.
     const int64_t ld = chunks_ * kChunk;
-    thread_local std::vector<float> xp;
-    xp.assign(size_t(n * ld), 0.0f);
-    for (int64_t t = 0; t < n; ++t) std::memcpy(xp.data() + t * ld, x + t * cols_, size_t(cols_) * sizeof(float));
+    const float* xs = x;
+    if (ld != cols_) {
+      thread_local std::vector<float> xp;
+      xp.assign(size_t(n * ld), 0.0f);
+      for (int64_t t = 0; t < n; ++t) std::memcpy(xp.data() + t * ld, x + t * cols_, size_t(cols_) * sizeof(float));
+      xs = xp.data();
+    }
     const StripFma* fma = type_ == HalfType::F16 ? kStripFmaF16 : kStripFmaBf16;
     for_each_pass(rows_, n, y, ldy, s0, s1, [&](int64_t s, int64_t t, int64_t nt, float* out) {
-      fma[nt - 1](tiles_.data() + s * chunks_ * 1024, chunks_, xp.data() + t * ld, ld, out);
+      fma[nt - 1](tiles_.data() + s * chunks_ * 1024, chunks_, xs + t * ld, ld, out);
     });
     clean_avx512_upper_state();
     return;

@@ -53,13 +53,12 @@ PackedLinear::PackedLinear(const TensorView& w) : type_(w.type) {
     const size_t need = dtype_row_bytes(w.type, cols_) * size_t(rows_);
     if (w.nbytes < need) fail("tensor '{}' holds {} bytes, needs {}", w.name, w.nbytes, need);
     const auto* src = static_cast<const uint8_t*>(w.data);
-    k = kernels::blockq_from_ggml(w.type, src, rows_, cols_);
-    if (!k) packed_.bytes.assign(src, src + need);
-    if (w.type == DType::F16 || w.type == DType::BF16) {
+    if (w.type == DType::F16 || w.type == DType::BF16) {  // re-laid into strips, no other copy
       const auto type = w.type == DType::F16 ? kernels::HalfType::F16 : kernels::HalfType::BF16;
-      half_ = std::make_unique<kernels::HalfMatrix>(type, reinterpret_cast<const uint16_t*>(packed_.bytes.data()),
-                                                    rows_, cols_);
-      packed_ = {};  // the strip layout holds the same values
+      half_ = std::make_unique<kernels::HalfMatrix>(type, src, rows_, cols_);
+    } else {
+      k = kernels::blockq_from_ggml(w.type, src, rows_, cols_);
+      if (!k) packed_.bytes.assign(src, src + need);
     }
   }
   // nr = 0: the O(1) probe of whether the format's rows decode on their own.
@@ -149,7 +148,6 @@ void PackedLinear::decode_rows(int64_t r0, int64_t nr, float* out) const {
     return;
   }
   if (codebook_) return codebook_->decode_rows(r0, nr, out);
-  if (half_) return half_->decode_rows(r0, nr, out);
   if (format_) {  // rows of packed_.cols (stored) columns
     format_->dequantize_rows(packed_, r0, nr, out);
     return;
